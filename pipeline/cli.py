@@ -1,0 +1,192 @@
+"""The `avl` command: parses options and calls `stages.<stage>.run(cfg)`; no logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline import config as config_io
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Audio representation learning with video as privileged information (LUPI).")
+stage_app = typer.Typer(no_args_is_help=True, help="Run one pipeline stage (0 prepare, 1 teacher, 2 export, 3 student).")
+data_app = typer.Typer(no_args_is_help=True, help="Make or inspect datasets.")
+app.add_typer(stage_app, name="stage")
+app.add_typer(data_app, name="data")
+
+ConfigOption = typer.Option(None, "--config", help="TOML file with this stage's settings (CLI options win).")
+DatasetOption = typer.Option(None, help="Dataset adapter; also names the default run dir runs/<dataset>.")
+RunDirOption = typer.Option(None, help="Run directory shared by all stages [default: runs/<dataset>].")
+StoreOption = typer.Option(None, help="Storage backend for what this stage writes: zarr or hdf5.")
+WorkersOption = typer.Option(None, help="DataLoader worker processes.")
+DeviceOption = typer.Option(None, help="cpu, cuda, cuda:N or auto.")
+SeedOption = typer.Option(None, help="Random seed.")
+
+
+def _overrides(**values) -> dict:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@data_app.command("synth")
+def synth(
+    out: Path = typer.Option(..., help="Directory to write the corpus into (VoxCeleb layout)."),
+    speakers: Optional[int] = typer.Option(None, help="Identification speakers."),
+    verification_speakers: Optional[int] = typer.Option(None, help="Held-out speakers for the trial list."),
+    utterances: Optional[int] = typer.Option(None, help="Utterances per speaker."),
+    min_seconds: Optional[float] = typer.Option(None, help="Shortest utterance."),
+    max_seconds: Optional[float] = typer.Option(None, help="Longest utterance."),
+    audio_noise: Optional[float] = typer.Option(None, help="Noise RMS relative to speech RMS (makes audio harder)."),
+    trials: Optional[int] = typer.Option(None, help="Verification trials."),
+    seed: Optional[int] = SeedOption,
+    config: Optional[Path] = ConfigOption,
+):
+    """Write a synthetic audio-visual speaker corpus as real mp4 files (H.264 + AAC)."""
+    from pipeline.datasets.synthetic import SynthConfig, synthesize
+
+    cfg = config_io.load(SynthConfig, config, _overrides(
+        n_speakers=speakers, n_verification_speakers=verification_speakers, utterances_per_speaker=utterances,
+        min_seconds=min_seconds, max_seconds=max_seconds, audio_noise=audio_noise, n_trials=trials, seed=seed))
+    typer.echo(f"corpus written to {synthesize(out, cfg)}")
+
+
+@stage_app.command("prepare")
+def prepare(
+    root: Optional[Path] = typer.Option(None, help="Dataset root in its published layout."),
+    dataset: Optional[str] = DatasetOption,
+    run_dir: Optional[Path] = RunDirOption,
+    split_file: Optional[Path] = typer.Option(None, help="iden_split.txt-format split [default: ROOT/iden_split.txt]."),
+    trials_file: Optional[Path] = typer.Option(None, help="veri_test.txt-format trials [default: ROOT/veri_test.txt]."),
+    store: Optional[str] = StoreOption,
+    face_size: Optional[int] = typer.Option(None, help="Face crop side in pixels."),
+    crop_fraction: Optional[float] = typer.Option(None, help="Centre crop side as a fraction of the frame."),
+    num_workers: Optional[int] = WorkersOption,
+    on_error: Optional[str] = typer.Option(None, help="stop (default) at the first bad file, or skip and record it."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Rebuild stores that already exist."),
+    config: Optional[Path] = ConfigOption,
+):
+    """Stage 0: manifest, spectrogram shards and face-crop frame store."""
+    from stages import prepare as stage
+
+    stage.run(config_io.load(stage.PrepareConfig, config, _overrides(
+        root=root, dataset=dataset, run_dir=run_dir, split_file=split_file, trials_file=trials_file, store=store,
+        face_size=face_size, crop_fraction=crop_fraction, num_workers=num_workers, on_error=on_error,
+        overwrite=overwrite)))
+
+
+@stage_app.command("train-teacher")
+def train_teacher(
+    dataset: Optional[str] = DatasetOption,
+    run_dir: Optional[Path] = RunDirOption,
+    arch: Optional[str] = typer.Option(None, help="Teacher architecture: resnet34."),
+    tiny: Optional[bool] = typer.Option(None, "--tiny", help="Small variant that trains on a CPU."),
+    embed_dim: Optional[int] = typer.Option(None, help="Embedding size (the student matches it)."),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None, help="Utterances per batch."),
+    frames_per_utterance: Optional[int] = typer.Option(None, help="Random frames drawn per utterance per epoch."),
+    lr_min: Optional[float] = typer.Option(None),
+    lr_max: Optional[float] = typer.Option(None),
+    init_weights: Optional[Path] = typer.Option(None, help="Local weights file to initialise the teacher."),
+    num_workers: Optional[int] = WorkersOption,
+    device: Optional[str] = DeviceOption,
+    seed: Optional[int] = SeedOption,
+    config: Optional[Path] = ConfigOption,
+):
+    """Stage 1: train a video teacher on face crops."""
+    from stages import train_teacher as stage
+
+    stage.run(config_io.load(stage.TeacherConfig, config, _overrides(
+        dataset=dataset, run_dir=run_dir, arch=arch, tiny=tiny, embed_dim=embed_dim, epochs=epochs,
+        batch_size=batch_size, frames_per_utterance=frames_per_utterance, lr_min=lr_min, lr_max=lr_max,
+        init_weights=init_weights, num_workers=num_workers, device=device, seed=seed)))
+
+
+@stage_app.command("export-embeddings")
+def export_embeddings(
+    dataset: Optional[str] = DatasetOption,
+    run_dir: Optional[Path] = RunDirOption,
+    teacher: Optional[Path] = typer.Option(None, help="Teacher checkpoint [default: RUN_DIR/teacher/teacher.pt]."),
+    out: Optional[Path] = typer.Option(None, help="Cache path [default: RUN_DIR/embeddings/DATASET.zarr]."),
+    store: Optional[str] = StoreOption,
+    dtype: Optional[str] = typer.Option(None, help="float16 (default) or float32 embeddings."),
+    batch_frames: Optional[int] = typer.Option(None, help="Frames per teacher batch (across utterances)."),
+    num_workers: Optional[int] = WorkersOption,
+    device: Optional[str] = DeviceOption,
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a cache made by another teacher."),
+    config: Optional[Path] = ConfigOption,
+):
+    """Stage 2: run the frozen teacher once over every frame and cache its embeddings."""
+    from stages import export_embeddings as stage
+
+    stage.run(config_io.load(stage.ExportConfig, config, _overrides(
+        dataset=dataset, run_dir=run_dir, teacher=teacher, out=out, store=store, dtype=dtype,
+        batch_frames=batch_frames, num_workers=num_workers, device=device, overwrite=overwrite)))
+
+
+@stage_app.command("train-student")
+def train_student(
+    lam: Optional[float] = typer.Option(None, "--lambda", help="Distillation weight λ in [0, 1] (0 = no distillation)."),
+    dataset: Optional[str] = DatasetOption,
+    run_dir: Optional[Path] = RunDirOption,
+    cache: Optional[Path] = typer.Option(None, help="Teacher cache [default: RUN_DIR/embeddings/DATASET.zarr]."),
+    arch: Optional[str] = typer.Option(None, help="Student architecture: resnet."),
+    tiny: Optional[bool] = typer.Option(None, "--tiny", help="Small variant that trains on a CPU."),
+    method: Optional[str] = typer.Option(None, help="Distillation method: proposed (Eq. 8)."),
+    distance: Optional[str] = typer.Option(None, help="mse or cosine."),
+    target: Optional[str] = typer.Option(None, help="crop-peak (peak frame inside the crop) or utterance-peak."),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    crop_seconds: Optional[int] = typer.Option(None, help="Training crop length in whole seconds."),
+    lr_min: Optional[float] = typer.Option(None),
+    lr_max: Optional[float] = typer.Option(None),
+    name: Optional[str] = typer.Option(None, help="Run name under RUN_DIR/students/."),
+    expect_teacher: Optional[str] = typer.Option(None, help="Refuse a cache not made by this teacher fingerprint."),
+    num_workers: Optional[int] = WorkersOption,
+    device: Optional[str] = DeviceOption,
+    seed: Optional[int] = SeedOption,
+    config: Optional[Path] = ConfigOption,
+):
+    """Stage 3: train an audio student from spectrogram shards and cached teacher targets."""
+    from stages import train_student as stage
+
+    stage.run(config_io.load(stage.StudentConfig, config, _overrides(
+        lam=lam, dataset=dataset, run_dir=run_dir, cache=cache, arch=arch, tiny=tiny, method=method,
+        distance=distance, target=target, epochs=epochs, batch_size=batch_size, crop_seconds=crop_seconds,
+        lr_min=lr_min, lr_max=lr_max, name=name, expect_teacher=expect_teacher, num_workers=num_workers,
+        device=device, seed=seed)))
+
+
+@app.command("demo")
+def demo(
+    work: Optional[Path] = typer.Option(None, help="Work directory [default: runs/demo]."),
+    lambdas: Optional[str] = typer.Option(None, help="Comma-separated λ values to train students at [default: 0,0.4]."),
+    size: Optional[str] = typer.Option(None, help="Corpus and training size: small (default, a few minutes) or tiny."),
+    device: Optional[str] = DeviceOption,
+    config: Optional[Path] = ConfigOption,
+):
+    """Synthesise a small corpus and run stages 0–3 for λ = 0 and λ = 0.4; print a table."""
+    from stages import demo as stage
+
+    lambda_values = tuple(float(v) for v in lambdas.split(",")) if lambdas else None
+    stage.run(config_io.load(stage.DemoConfig, config, _overrides(
+        work=work, lambdas=lambda_values, size=size, device=device)))
+
+
+KNOWN_ERRORS = ("ConfigError", "StoreError", "MediaError", "DatasetError", "FileNotFoundError")
+
+
+def main() -> None:
+    """Entry point: known user errors print one clear message instead of a traceback."""
+    try:
+        app()
+    except Exception as error:  # noqa: BLE001 — only the known kinds are shortened
+        if type(error).__name__ not in KNOWN_ERRORS:
+            raise
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Well-known places inside a run directory: each stage finds the previous stage's outputs here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def default_run_dir(dataset: str) -> Path:
+    return Path("runs") / dataset
+
+
+def prepare_dir(run_dir: Path) -> Path:
+    return run_dir / "prepare"
+
+
+def teacher_dir(run_dir: Path) -> Path:
+    return run_dir / "teacher"
+
+
+def teacher_checkpoint(run_dir: Path) -> Path:
+    return teacher_dir(run_dir) / "teacher.pt"
+
+
+def embeddings_dir(run_dir: Path) -> Path:
+    return run_dir / "embeddings"
+
+
+def students_dir(run_dir: Path) -> Path:
+    return run_dir / "students"
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def save_checkpoint(payload: dict, path: Path) -> Path:
+    """torch.save atomically, so an interrupted save never replaces a good checkpoint with half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+STORE_SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}
+
+
+def find_store(directory: Path, stem: str) -> Path:
+    """The store a previous stage wrote, whichever backend it used."""
+    for suffix in STORE_SUFFIX.values():
+        path = directory / f"{stem}{suffix}"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{directory}: no {stem} store; run `avl stage prepare` first")

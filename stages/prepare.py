@@ -1,0 +1,198 @@
+"""Stage 0: decode every utterance once → manifest, spectrogram shards and a face-crop frame store."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cache.store import FieldSpec, create_store, open_for_append, open_store
+from pipeline import config as config_io
+from pipeline import runs
+from pipeline.datasets.base import Utterance
+from pipeline.datasets.registry import DATASETS
+from pipeline.features import SPEC_FRAMES_PER_VIDEO_FRAME, VIDEO_FPS, LogSpectrogram, SpectrogramParams
+from pipeline.manifest import Entry, manifest_hash, write_manifest
+from pipeline.runs import STORE_SUFFIX
+from pipeline.media import MediaError, centre_crop_resize, load_audio_visual
+
+IDENTIFICATION_SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Stage 0 settings."""
+
+    root: Path | None = None
+    dataset: str = "voxceleb"
+    run_dir: Path | None = None
+    split_file: Path | None = None
+    trials_file: Path | None = None
+    store: str = "zarr"
+    face_size: int = 64
+    crop_fraction: float = 1.0
+    num_workers: int = 2
+    on_error: str = "stop"
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.root is None:
+            raise config_io.ConfigError("prepare: 'root' (the dataset directory) is required")
+        if self.dataset not in DATASETS:
+            raise config_io.ConfigError(f"prepare: unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}")
+        if self.store not in STORE_SUFFIX:
+            raise config_io.ConfigError(f"prepare: store must be one of {sorted(STORE_SUFFIX)}, got {self.store!r}")
+        if self.on_error not in ("stop", "skip"):
+            raise config_io.ConfigError(f"prepare: on_error must be 'stop' or 'skip', got {self.on_error!r}")
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir or runs.default_run_dir(self.dataset)
+
+
+def spectrogram_store_path(directory: Path, backend: str) -> Path:
+    return directory / f"spectrograms{STORE_SUFFIX[backend]}"
+
+
+def face_store_path(directory: Path, backend: str) -> Path:
+    return directory / f"faces{STORE_SUFFIX[backend]}"
+
+
+class _DecodeUtterances(torch.utils.data.Dataset):
+    """Decodes one utterance per item in a DataLoader worker: (key, spectrogram, face crops, error)."""
+
+    def __init__(self, utterances: list[Utterance], cfg: PrepareConfig):
+        self.utterances = utterances
+        self.cfg = cfg
+        self.spectrogram = LogSpectrogram(SpectrogramParams())
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int):
+        utterance = self.utterances[index]
+        try:
+            if utterance.video_path is None:
+                raise MediaError(f"{utterance.audio_path}: no video file for utterance {utterance.key!r}")
+            separate_audio = utterance.audio_path if utterance.audio_path != utterance.video_path else None
+            audio, frames = load_audio_visual(utterance.video_path, separate_audio, sample_rate=16000, fps=VIDEO_FPS)
+        except MediaError as error:
+            return utterance.key, None, None, str(error)
+        faces = centre_crop_resize(frames, self.cfg.crop_fraction, self.cfg.face_size)
+        with torch.no_grad():
+            spectrogram = self.spectrogram(torch.from_numpy(audio)).numpy().astype(np.float16)
+        if len(spectrogram) != SPEC_FRAMES_PER_VIDEO_FRAME * len(faces):
+            raise AssertionError(f"{utterance.key}: {len(spectrogram)} spectrogram frames for {len(faces)} video frames")
+        return utterance.key, spectrogram, faces, None
+
+
+def _one_thread_per_worker(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers share 2 cores with the main process; more threads only thrash
+
+
+def _open_or_create(path: Path, fields: list[FieldSpec], attrs: dict, backend: str, overwrite: bool):
+    """A writer for `path`: fresh, or resumed when an earlier run stopped before completing it."""
+    if path.exists() and not overwrite:
+        existing = open_store(path, require_complete=False)
+        for name, value in attrs.items():
+            if existing.attrs.get(name) != value:
+                raise RuntimeError(
+                    f"{path}: was written with {name}={existing.attrs.get(name)!r}, this run uses {value!r}; "
+                    "pass --overwrite to rebuild it"
+                )
+        existing.close()
+        return open_for_append(path)
+    return create_store(path, fields, attrs, backend=backend, overwrite=overwrite)
+
+
+def run(cfg: PrepareConfig) -> Path:
+    """Decode, featurise and store every utterance the protocol uses; returns the prepare directory."""
+    out = runs.prepare_dir(cfg.resolved_run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_io.save(cfg, out / "config.toml")
+
+    adapter = DATASETS[cfg.dataset](cfg.root, split_file=cfg.split_file, trials_file=cfg.trials_file)
+    trials = adapter.trials()
+    trial_keys = {key for trial in trials for key in (trial.enrol, trial.test)}
+    utterances = [u for u in adapter.utterances() if u.split in IDENTIFICATION_SPLITS or u.key in trial_keys]
+    classes = sorted({u.label for u in utterances if u.split in IDENTIFICATION_SPLITS})
+
+    params = SpectrogramParams()
+    common = {"dataset": cfg.dataset, "dataset_root": str(Path(cfg.root).resolve()), "video_fps": VIDEO_FPS}
+    spectrograms = _open_or_create(
+        spectrogram_store_path(out, cfg.store),
+        [FieldSpec("spectrogram", "float16", (params.n_freq,), ragged=True, chunk_rows=512)],
+        {**common, "kind": "spectrograms", "spectrogram": params.to_dict()},
+        cfg.store,
+        cfg.overwrite,
+    )
+    faces = _open_or_create(
+        face_store_path(out, cfg.store),
+        [FieldSpec("frames", "uint8", (cfg.face_size, cfg.face_size, 3), ragged=True, chunk_rows=64)],
+        {**common, "kind": "faces", "face_size": cfg.face_size, "crop": f"centre {cfg.crop_fraction}"},
+        cfg.store,
+        cfg.overwrite,
+    )
+    done = set(spectrograms.keys) & set(faces.keys)
+    todo = [u for u in utterances if u.key not in done]
+    skipped: list[tuple[str, str]] = []
+    loader = torch.utils.data.DataLoader(
+        _DecodeUtterances(todo, cfg),
+        batch_size=None,
+        num_workers=cfg.num_workers,
+        worker_init_fn=_one_thread_per_worker,
+    )
+    for key, spectrogram, face_frames, error in tqdm(loader, total=len(todo), desc="prepare", unit="utt"):
+        if error is not None:
+            if cfg.on_error == "stop":
+                raise MediaError(f"{error}\n(pass --on-error skip to skip such files and record them)")
+            skipped.append((key, error))
+            continue
+        if key not in spectrograms.keys:
+            spectrograms.write(key, {"spectrogram": spectrogram})
+        if key not in faces.keys:
+            faces.write(key, {"frames": face_frames})
+    spectrograms.close()
+    faces.close()
+
+    skipped_keys = {key for key, _ in skipped}
+    reader = open_store(face_store_path(out, cfg.store), require_complete=False)
+    entries = [
+        Entry(u.key, u.label, u.split if u.split in IDENTIFICATION_SPLITS else "none",
+              reader.length(u.key, "frames"), reader.length(u.key, "frames") / VIDEO_FPS,
+              str(u.video_path))
+        for u in utterances
+        if u.key not in skipped_keys
+    ]
+    reader.close()
+    kept_trials = [t for t in trials if t.enrol not in skipped_keys and t.test not in skipped_keys]
+    write_manifest(out, entries, classes, kept_trials)
+    with open(out / "skipped.tsv", "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(("key", "reason"))
+        writer.writerows(skipped)
+
+    digest = manifest_hash(out)
+    for path in (spectrogram_store_path(out, cfg.store), face_store_path(out, cfg.store)):
+        writer = open_for_append(path)
+        writer.set_attrs(manifest_sha256=digest)
+        writer.mark_complete()
+        writer.close()
+    runs.write_json(
+        out / "prepare.json",
+        {
+            "utterances": len(entries),
+            "skipped": len(skipped),
+            "classes": len(classes),
+            "trials": len(kept_trials),
+            "hours": sum(e.seconds for e in entries) / 3600,
+            "splits": {split: sum(e.split == split for e in entries) for split in (*IDENTIFICATION_SPLITS, "none")},
+            "manifest_sha256": digest,
+        },
+    )
+    tqdm.write(f"prepare: {len(entries)} utterances ({len(skipped)} skipped), {len(classes)} classes → {out}")
+    return out

@@ -1,0 +1,261 @@
+"""Stage 3: train an audio student from spectrogram shards and cached teacher targets (no video, no teacher)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cache.store import StoreError, open_store
+from pipeline import config as config_io
+from pipeline import metrics as metric_fns
+from pipeline import runs
+from pipeline.distill import routed_distillation
+from pipeline.features import (
+    SEGMENT_SPEC_FRAMES,
+    SEGMENT_VIDEO_FRAMES,
+    SPEC_FRAMES_PER_SECOND,
+    VIDEO_FPS,
+    random_crop,
+    repeat_pad,
+)
+from pipeline.manifest import Entry, read_classes, read_manifest, read_trials
+from pipeline.models.students import STUDENTS, StudentSpec, build_student
+from pipeline.runs import find_store
+
+METHODS = ("proposed",)
+TARGETS = ("crop-peak", "utterance-peak")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Stage 3 settings."""
+
+    dataset: str = "voxceleb"
+    run_dir: Path | None = None
+    cache: Path | None = None  # default: the run's embeddings/<dataset>.<zarr|h5>
+    arch: str = "resnet"
+    tiny: bool = False
+    method: str = "proposed"
+    lam: float = 0.4
+    distance: str = "mse"
+    target: str = "crop-peak"
+    epochs: int = 50
+    batch_size: int = 32
+    crop_seconds: int = 5
+    lr_min: float = 1e-4
+    lr_max: float = 1e-3
+    cycle_epochs: float = 4.0
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+    name: str | None = None
+    expect_teacher: str | None = None  # fingerprint (or prefix) the cache must have been made by
+
+    def validate(self) -> None:
+        if self.arch not in STUDENTS:
+            raise config_io.ConfigError(f"train-student: unknown arch {self.arch!r}; registered: {sorted(STUDENTS)}")
+        if self.method not in METHODS:
+            raise config_io.ConfigError(f"train-student: unknown method {self.method!r}; known: {METHODS}")
+        if self.target not in TARGETS:
+            raise config_io.ConfigError(f"train-student: unknown target {self.target!r}; known: {TARGETS}")
+        if self.distance not in ("mse", "cosine"):
+            raise config_io.ConfigError(f"train-student: distance must be 'mse' or 'cosine', got {self.distance!r}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise config_io.ConfigError(f"train-student: lambda must lie in [0, 1], got {self.lam}")
+        if self.crop_seconds < 1:
+            raise config_io.ConfigError("train-student: crop_seconds must be >= 1")
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir or runs.default_run_dir(self.dataset)
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.method}-lambda{self.lam:g}-seed{self.seed}"
+
+
+class _Crops(torch.utils.data.Dataset):
+    """Item = a random crop on the 1 s grid (repeat-padded), its class, and the peak-frame target inside it."""
+
+    def __init__(self, entries: list[Entry], labels: list[int], spectrograms: Path, cache: Path | None,
+                 crop_seconds: int, target: str):
+        self.entries, self.labels, self.crop_seconds, self.target = entries, labels, crop_seconds, target
+        self.paths = (spectrograms, cache)
+        self.spectrograms = self.cache = None  # opened lazily, once per DataLoader worker
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int):
+        if self.spectrograms is None:
+            self.spectrograms = open_store(self.paths[0])
+            self.cache = open_store(self.paths[1]) if self.paths[1] is not None else None
+        entry = self.entries[index]
+        crop = random_crop(entry.n_video_frames, self.crop_seconds)
+        spectrogram = self.spectrograms.read(entry.key, "spectrogram", *crop.spec_range)
+        spectrogram = repeat_pad(spectrogram, self.crop_seconds * SPEC_FRAMES_PER_SECOND).astype(np.float32)
+        if self.cache is None:
+            target = np.zeros(0, dtype=np.float32)
+        elif self.target == "utterance-peak":
+            target = self.cache.read(entry.key, "peak").astype(np.float32)
+        else:
+            first, last = crop.video_range
+            frame_prob = self.cache.read(entry.key, "frame_prob", first, last)
+            peak = first + int(frame_prob.argmax())  # Eq. 4 restricted to the frames the crop covers
+            target = self.cache.read(entry.key, "frames", peak, peak + 1)[0].astype(np.float32)
+        return torch.from_numpy(spectrogram), self.labels[index], torch.from_numpy(target)
+
+
+def open_checked_cache(path: Path, classes: list[str], entries: list[Entry], expect_teacher: str | None):
+    """Open the teacher cache and refuse it, naming what differs, if it does not fit this training run."""
+    try:
+        cache = open_store(path)
+    except StoreError as error:
+        raise StoreError(f"{error}\n  finish it with `avl stage export-embeddings` (it resumes where it stopped)") from None
+    attrs = cache.attrs
+    expected = {"video_fps": VIDEO_FPS, "segment_frames": SEGMENT_VIDEO_FRAMES, "class_names": classes}
+    for name, value in expected.items():
+        if attrs.get(name) != value:
+            raise StoreError(f"{path}: cache has {name}={attrs.get(name)!r}, this run needs {value!r}")
+    if expect_teacher and not str(attrs.get("teacher_fingerprint", "")).startswith(expect_teacher):
+        raise StoreError(
+            f"{path}: cache was made by teacher {attrs.get('teacher_fingerprint')}, expected {expect_teacher}"
+        )
+    missing = [e.key for e in entries if e.key not in cache]
+    if missing:
+        raise StoreError(f"{path}: {len(missing)} training utterances have no cached targets, e.g. {missing[:3]}")
+    return cache
+
+
+@torch.inference_mode()
+def embed_utterances(model, spectrograms, keys: list[str], device) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and logits of full-length utterances (shorter than 1 s: repeat-padded to 1 s)."""
+    model.eval()
+    embeddings, logits = [], []
+    for key in keys:
+        spectrogram = repeat_pad(spectrograms.read(key, "spectrogram"), SEGMENT_SPEC_FRAMES)
+        spectrogram = torch.from_numpy(spectrogram.astype(np.float32))[None].to(device)
+        embedding, logit = model(spectrogram)
+        embeddings.append(embedding[0].float().cpu().numpy())
+        logits.append(logit[0].float().cpu().numpy())
+    dim = model.spec.embed_dim
+    return np.stack(embeddings) if keys else np.zeros((0, dim)), np.stack(logits) if keys else np.zeros((0, 1))
+
+
+def identification(model, spectrograms, entries: list[Entry], class_index: dict, device) -> dict:
+    _, logits = embed_utterances(model, spectrograms, [e.key for e in entries], device)
+    labels = np.array([class_index[e.label] for e in entries])
+    return {"top1": metric_fns.accuracy(logits, labels, 1), "top5": metric_fns.accuracy(logits, labels, 5),
+            "utterances": len(entries)}
+
+
+def verification(model, spectrograms, trials, device) -> dict | None:
+    if not trials:
+        return None
+    keys = sorted({key for trial in trials for key in (trial.enrol, trial.test)})
+    embeddings, _ = embed_utterances(model, spectrograms, keys, device)
+    scores = metric_fns.cosine_scores(dict(zip(keys, embeddings)), [(t.enrol, t.test) for t in trials])
+    labels = np.array([t.label for t in trials])
+    return {"eer": metric_fns.equal_error_rate(scores, labels), "min_dcf": metric_fns.min_dcf(scores, labels),
+            "trials": len(trials)}
+
+
+def run(cfg: StudentConfig) -> Path:
+    """Train the student; writes student.pt (self-contained), metrics.json, history.png, config.toml."""
+    run_dir = cfg.resolved_run_dir
+    prepared = runs.prepare_dir(run_dir)
+    out = runs.students_dir(run_dir) / cfg.run_name
+    out.mkdir(parents=True, exist_ok=True)
+    config_io.save(cfg, out / "config.toml")
+    runs.seed_everything(cfg.seed)
+    device = runs.resolve_device(cfg.device)
+
+    entries = read_manifest(prepared)
+    classes = read_classes(prepared)
+    class_index = {name: i for i, name in enumerate(classes)}
+    by_split = {split: [e for e in entries if e.split == split] for split in ("train", "val", "test")}
+    train = by_split["train"]
+    spectrogram_path = find_store(prepared, "spectrograms")
+    spectrograms = open_store(spectrogram_path)
+
+    cache_path, cache, fingerprint, embed_dim = None, None, None, 512
+    if cfg.lam > 0:
+        cache_path = cfg.cache or find_store(runs.embeddings_dir(run_dir), cfg.dataset)
+        cache = open_checked_cache(cache_path, classes, train, cfg.expect_teacher)
+        fingerprint, embed_dim = cache.attrs["teacher_fingerprint"], int(cache.attrs["embed_dim"])
+        cache.close()
+
+    spec = StudentSpec(cfg.arch, cfg.tiny, len(classes), embed_dim)
+    model = build_student(spec).to(device)
+    loader = torch.utils.data.DataLoader(
+        _Crops(train, [class_index[e.label] for e in train], spectrogram_path, cache_path, cfg.crop_seconds, cfg.target),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(train) > cfg.batch_size,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    optimiser, scheduler = adam_with_cyclic_lr(model, cfg.lr_min, cfg.lr_max, len(loader), cfg.cycle_epochs)
+    val = by_split["val"] or by_split["test"]
+    history = []
+    started = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        sums = {"loss": 0.0, "cross_entropy": 0.0, "distance": 0.0}
+        hits = seen = 0
+        for spectrogram, labels, target in tqdm(loader, desc=f"student epoch {epoch}/{cfg.epochs}", unit="batch", leave=False):
+            spectrogram, labels = spectrogram.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            target = target.to(device, non_blocking=True) if cache_path is not None else None
+            losses = routed_distillation(model.embed(spectrogram), model.head, labels, target, cfg.lam, cfg.distance)
+            optimiser.zero_grad(set_to_none=True)
+            losses.total.backward()
+            optimiser.step()
+            scheduler.step()
+            for name in sums:
+                sums[name] += float(getattr(losses, "total" if name == "loss" else name)) * len(labels)
+            hits += int((losses.logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        row = {"epoch": epoch, **{name: value / seen for name, value in sums.items()}, "train_accuracy": hits / seen}
+        row["val_accuracy"] = identification(model, spectrograms, val, class_index, device)["top1"]
+        history.append(row)
+        tqdm.write(f"student {cfg.run_name} epoch {epoch}: loss {row['loss']:.3f} "
+                   f"(CE {row['cross_entropy']:.3f}, D {row['distance']:.4f}) val acc {row['val_accuracy']:.3f}")
+
+    trials = read_trials(prepared)
+    metrics = {
+        "name": cfg.run_name,
+        "method": cfg.method,
+        "lambda": cfg.lam,
+        "distance": cfg.distance,
+        "target": cfg.target,
+        "arch": cfg.arch,
+        "tiny": cfg.tiny,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "teacher_fingerprint": fingerprint,
+        "cache": str(cache_path) if cache_path else None,
+        "identification": identification(model, spectrograms, by_split["test"], class_index, device),
+        "verification": verification(model, spectrograms, trials, device),
+        "train_seconds": time.perf_counter() - started,
+        "history": history,
+    }
+    spectrogram_params = spectrograms.attrs["spectrogram"]
+    spectrograms.close()
+    runs.save_checkpoint(
+        {"spec": asdict(spec), "class_names": classes, "spectrogram": spectrogram_params,
+         "method": cfg.method, "lambda": cfg.lam, "teacher_fingerprint": fingerprint,
+         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
+        out / "student.pt",
+    )
+    runs.write_json(out / "metrics.json", metrics)
+    plot_history(history, ("loss", "cross_entropy", "distance", "val_accuracy"), out / "history.png", cfg.run_name)
+    verification_text = (f", EER {metrics['verification']['eer']:.3f}" if metrics["verification"] else "")
+    tqdm.write(f"train-student {cfg.run_name}: test accuracy {metrics['identification']['top1']:.3f}"
+               f"{verification_text} → {out}")
+    return out

@@ -1,0 +1,184 @@
+"""Stage 1: train a video teacher on the face-crop frame store (random frames of each utterance)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cache.store import open_store
+from pipeline import config as config_io
+from pipeline import runs
+from pipeline.manifest import read_classes, read_manifest
+from pipeline.models.teachers import TEACHERS, TeacherSpec, build_teacher
+from pipeline.runs import find_store
+from pipeline.training import adam_with_cyclic_lr, plot_history
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Stage 1 settings."""
+
+    dataset: str = "voxceleb"
+    run_dir: Path | None = None
+    arch: str = "resnet34"
+    tiny: bool = False
+    embed_dim: int = 512
+    epochs: int = 50
+    batch_size: int = 32  # utterances per batch; each contributes frames_per_utterance frames
+    frames_per_utterance: int = 8
+    lr_min: float = 1e-4
+    lr_max: float = 1e-3
+    cycle_epochs: float = 4.0
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+    init_weights: Path | None = None
+
+    def validate(self) -> None:
+        if self.arch not in TEACHERS:
+            raise config_io.ConfigError(f"train-teacher: unknown arch {self.arch!r}; registered: {sorted(TEACHERS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.frames_per_utterance < 1:
+            raise config_io.ConfigError("train-teacher: epochs, batch_size and frames_per_utterance must be >= 1")
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir or runs.default_run_dir(self.dataset)
+
+
+class _RandomFrames(torch.utils.data.Dataset):
+    """Item = k random face frames of one utterance (fresh draw every epoch) and its class."""
+
+    def __init__(self, store_path: Path, keys: list[str], labels: list[int], frames_per_utterance: int):
+        self.store_path, self.keys, self.labels, self.k = store_path, keys, labels, frames_per_utterance
+        self.store = None  # opened lazily, once per DataLoader worker
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int):
+        if self.store is None:
+            self.store = open_store(self.store_path)
+        key = self.keys[index]
+        n_frames = self.store.length(key, "frames")
+        picks = torch.randint(0, n_frames, (self.k,)).numpy()
+        frames = self.store.read(key, "frames")[picks]  # (k, H, W, 3)
+        if torch.rand(()) < 0.5:
+            frames = frames[:, :, ::-1]  # horizontal flip
+        return torch.from_numpy(np.ascontiguousarray(frames)), self.labels[index]
+
+
+def _collate(items):
+    frames = torch.cat([frames for frames, _ in items])  # (B·k, H, W, 3)
+    labels = torch.tensor([label for _, label in items]).repeat_interleave(items[0][0].shape[0])
+    return frames, labels
+
+
+@torch.inference_mode()
+def evaluate_teacher(model, store, keys: list[str], labels: list[int], device, batch_frames: int = 256) -> dict:
+    """Frame accuracy and utterance accuracy (mean of frame logits over every frame of the utterance)."""
+    model.eval()
+    frame_hits = frame_total = utterance_hits = 0
+    for key, label in zip(keys, labels):
+        frames = torch.from_numpy(store.read(key, "frames"))
+        logits = torch.cat([model(frames[i : i + batch_frames].to(device))[1].float().cpu()
+                            for i in range(0, len(frames), batch_frames)])
+        frame_hits += int((logits.argmax(1) == label).sum())
+        frame_total += len(logits)
+        utterance_hits += int(logits.mean(0).argmax() == label)
+    return {"frame_accuracy": frame_hits / max(frame_total, 1), "utterance_accuracy": utterance_hits / max(len(keys), 1)}
+
+
+def run(cfg: TeacherConfig) -> Path:
+    """Train the teacher; writes teacher.pt, metrics.json, history.png and config.toml."""
+    run_dir = cfg.resolved_run_dir
+    prepared = runs.prepare_dir(run_dir)
+    out = runs.teacher_dir(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_io.save(cfg, out / "config.toml")
+    runs.seed_everything(cfg.seed)
+    device = runs.resolve_device(cfg.device)
+
+    entries = read_manifest(prepared)
+    classes = read_classes(prepared)
+    class_index = {name: i for i, name in enumerate(classes)}
+    by_split = {split: [e for e in entries if e.split == split] for split in ("train", "val", "test")}
+    if not by_split["train"]:
+        raise RuntimeError(f"{prepared}: the manifest has no training utterances")
+    store_path = find_store(prepared, "faces")
+
+    spec = TeacherSpec(cfg.arch, cfg.tiny, len(classes), cfg.embed_dim)
+    model = build_teacher(spec)
+    if cfg.init_weights is not None:
+        state = torch.load(cfg.init_weights, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state.get("state_dict", state), strict=False)
+        tqdm.write(f"train-teacher: initialised from {cfg.init_weights} (missing {len(missing)}, unexpected {len(unexpected)})")
+    model.to(device)
+
+    train = by_split["train"]
+    loader = torch.utils.data.DataLoader(
+        _RandomFrames(store_path, [e.key for e in train], [class_index[e.label] for e in train], cfg.frames_per_utterance),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(train) > cfg.batch_size,
+        num_workers=cfg.num_workers,
+        collate_fn=_collate,
+        persistent_workers=cfg.num_workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    optimiser, scheduler = adam_with_cyclic_lr(model, cfg.lr_min, cfg.lr_max, len(loader), cfg.cycle_epochs)
+    store = open_store(store_path)
+    val = by_split["val"] or by_split["test"]
+    history = []
+    started = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        losses, hits, seen = [], 0, 0
+        for frames, labels in tqdm(loader, desc=f"teacher epoch {epoch}/{cfg.epochs}", unit="batch", leave=False):
+            frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            _, logits = model(frames)
+            loss = F.cross_entropy(logits, labels)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(loss.item())
+            hits += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "train_frame_accuracy": hits / seen}
+        row.update({f"val_{k}": v for k, v in evaluate_teacher(
+            model, store, [e.key for e in val], [class_index[e.label] for e in val], device).items()})
+        history.append(row)
+        tqdm.write(f"teacher epoch {epoch}: loss {row['loss']:.3f}  val utterance acc {row['val_utterance_accuracy']:.3f}")
+
+    test = by_split["test"]
+    test_metrics = evaluate_teacher(model, store, [e.key for e in test], [class_index[e.label] for e in test], device)
+    face_size = int(store.attrs["face_size"])
+    store.close()
+    checkpoint = runs.save_checkpoint(
+        {"spec": asdict(spec), "class_names": classes, "face_size": face_size,
+         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
+        runs.teacher_checkpoint(run_dir),
+    )
+    fingerprint = runs.file_sha256(checkpoint)
+    metrics = {
+        "teacher_fingerprint": fingerprint,
+        "arch": cfg.arch,
+        "tiny": cfg.tiny,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "test": test_metrics,
+        "train_seconds": time.perf_counter() - started,
+        "history": history,
+    }
+    runs.write_json(out / "metrics.json", metrics)
+    plot_history(history, ("loss", "train_frame_accuracy", "val_utterance_accuracy"), out / "history.png", "teacher")
+    tqdm.write(
+        f"train-teacher: test utterance accuracy {test_metrics['utterance_accuracy']:.3f}, "
+        f"frame accuracy {test_metrics['frame_accuracy']:.3f} → {checkpoint}"
+    )
+    return out
