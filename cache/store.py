@@ -200,18 +200,21 @@ class RaggedWriter:
         if missing := sorted(self.fields.keys() - values.keys()):
             raise ValueError(f"{self.path}: key {key!r}: missing fields {missing}")
         if unknown := sorted(values.keys() - self.fields.keys()):
-            raise ValueError(f"{self.path}: key {key!r}: unknown fields {unknown} (the store has {list(self.fields)})")
+            raise ValueError(f"{self.path}: key {key!r}: unknown fields {unknown} (fields: {list(self.fields)})")
         arrays = {}
         for name, spec in self.fields.items():
             try:
                 # a copy: callers may reuse their buffers before the flush that writes this one
                 array = np.array(values[name], dtype=spec.dtype)
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{self.path}: key {key!r}, field {name!r}: cannot cast to {spec.dtype}: {error}") from None
+                problem = f"cannot cast to {spec.dtype}: {error}"
+                raise ValueError(f"{self.path}: key {key!r}, field {name!r}: {problem}") from None
             ragged_ok = array.ndim == len(spec.row_shape) + 1 and array.shape[1:] == spec.row_shape
             if not (ragged_ok if spec.ragged else array.shape == spec.row_shape):
-                expected = f"(T, {', '.join(map(str, spec.row_shape))})" if spec.ragged else str(spec.row_shape)
-                raise ValueError(f"{self.path}: key {key!r}, field {name!r}: expected shape {expected}, got {array.shape}")
+                dims = ["T"] * spec.ragged + [str(n) for n in spec.row_shape]
+                expected = f"({', '.join(dims)}{',' * (len(dims) == 1)})"
+                problem = f"expected shape {expected}, got {array.shape}"
+                raise ValueError(f"{self.path}: key {key!r}, field {name!r}: {problem}")
             arrays[name] = array if spec.ragged else array[None]
         self._keys.append(key)
         self._key_set.add(key)
@@ -367,7 +370,7 @@ class RaggedReader:
         if not spec.ragged:
             if start is not None or stop is not None:
                 raise ValueError(f"{self.path}: field {field!r} is per-item; it has no rows to slice")
-            return self._open().read_rows(field, i, i + 1)[0]
+            return self._open().read_rows(field, i, i + 1)[0, ...]  # an ndarray even for () rows
         first, end = int(self._offsets[field][i]), int(self._offsets[field][i + 1])
         a, b, _ = slice(start, stop).indices(end - first)
         return self._read_block(spec, first + a, first + b)

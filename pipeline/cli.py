@@ -62,6 +62,7 @@ def prepare(
     store: Optional[str] = StoreOption,
     face_size: Optional[int] = typer.Option(None, help="Face crop side in pixels."),
     crop_fraction: Optional[float] = typer.Option(None, help="Centre crop side as a fraction of the frame."),
+    normalisation: Optional[str] = typer.Option(None, help="Spectrogram normalisation: utterance or frequency-bin."),
     num_workers: Optional[int] = WorkersOption,
     on_error: Optional[str] = typer.Option(None, help="stop (default) at the first bad file, or skip and record it."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Rebuild stores that already exist."),
@@ -72,7 +73,7 @@ def prepare(
 
     stage.run(config_io.load(stage.PrepareConfig, config, _overrides(
         root=root, dataset=dataset, run_dir=run_dir, split_file=split_file, trials_file=trials_file, store=store,
-        face_size=face_size, crop_fraction=crop_fraction, num_workers=num_workers, on_error=on_error,
+        face_size=face_size, crop_fraction=crop_fraction, normalisation=normalisation, num_workers=num_workers, on_error=on_error,
         overwrite=overwrite)))
 
 

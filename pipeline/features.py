@@ -15,6 +15,7 @@ SPEC_FRAMES_PER_VIDEO_FRAME = SPEC_FRAMES_PER_SECOND // VIDEO_FPS  # 4
 SEGMENT_SECONDS = 1
 SEGMENT_VIDEO_FRAMES = SEGMENT_SECONDS * VIDEO_FPS  # 25
 SEGMENT_SPEC_FRAMES = SEGMENT_SECONDS * SPEC_FRAMES_PER_SECOND  # 100
+NORMALISATIONS = ("utterance", "frequency-bin")
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,9 @@ class SpectrogramParams:
     hop_length: int = 160  # 10 ms at 16 kHz
     window: str = "hamming"
     scaling: str = "log-magnitude"
-    normalisation: str = "per-utterance mean/std per frequency bin"
+    # "utterance": subtract the utterance's mean log-magnitude and divide by its std (keeps the spectral
+    # envelope, i.e. the vocal tract); "frequency-bin": per-bin mean/std over time, as VGGVox does.
+    normalisation: str = "utterance"
 
     @property
     def n_freq(self) -> int:
@@ -38,12 +41,15 @@ class SpectrogramParams:
 
 
 class LogSpectrogram(torch.nn.Module):
-    """Log-magnitude STFT normalised per frequency bin over the utterance: (n,) → (F, n_freq)."""
+    """Log-magnitude STFT normalised over the utterance: (n,) → (F, n_freq)."""
 
-    def __init__(self, params: SpectrogramParams = SpectrogramParams()):
+    def __init__(self, params: SpectrogramParams = SpectrogramParams()):  # noqa: B008 — frozen, shared safely
         super().__init__()
         if params.sample_rate != 16000 or params.hop_length * SPEC_FRAMES_PER_SECOND != params.sample_rate:
             raise ValueError(f"spectrogram hop must give {SPEC_FRAMES_PER_SECOND} frames/s: {params}")
+        if params.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {params.normalisation!r}")
+        self.per_bin = params.normalisation == "frequency-bin"
         self.stft = torchaudio.transforms.Spectrogram(
             n_fft=params.n_fft,
             win_length=params.win_length,
@@ -57,8 +63,10 @@ class LogSpectrogram(torch.nn.Module):
         n_frames = audio.shape[-1] // self.stft.hop_length  # drop the trailing centre-padded frame
         magnitude = self.stft(audio)[..., :n_frames]  # (n_freq, F)
         log_magnitude = torch.log(magnitude.clamp_min(1e-5))
-        mean = log_magnitude.mean(dim=-1, keepdim=True)
-        std = log_magnitude.std(dim=-1, keepdim=True) if n_frames > 1 else torch.ones_like(mean)
+        dims = (-1,) if self.per_bin else (-2, -1)
+        mean = log_magnitude.mean(dim=dims, keepdim=True)
+        n_values = log_magnitude.shape[-1] if self.per_bin else log_magnitude.numel()
+        std = log_magnitude.std(dim=dims, keepdim=True) if n_values > 1 else torch.ones_like(mean)
         return ((log_magnitude - mean) / std.clamp_min(1e-5)).T.contiguous()  # (F, n_freq)
 
 

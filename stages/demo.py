@@ -22,11 +22,11 @@ SIZES = {
         "student": {"epochs": 20, "batch_size": 16},
     },
     "tiny": {
-        "synth": {"n_speakers": 4, "n_verification_speakers": 2, "utterances_per_speaker": 6,
+        "synth": {"n_speakers": 4, "n_verification_speakers": 2, "utterances_per_speaker": 8,
                   "videos_per_speaker": 2, "min_seconds": 1.2, "max_seconds": 3.0, "audio_noise": 0.1,
                   "frame_size": 64, "n_trials": 20},
-        "teacher": {"epochs": 3, "frames_per_utterance": 4, "batch_size": 8},
-        "student": {"epochs": 6, "batch_size": 8, "crop_seconds": 2},
+        "teacher": {"epochs": 6, "frames_per_utterance": 8, "batch_size": 4, "lr_max": 3e-3},
+        "student": {"epochs": 8, "batch_size": 4, "crop_seconds": 2, "lr_max": 3e-3},
     },
 }
 

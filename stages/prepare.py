@@ -15,7 +15,7 @@ from pipeline import config as config_io
 from pipeline import runs
 from pipeline.datasets.base import Utterance
 from pipeline.datasets.registry import DATASETS
-from pipeline.features import SPEC_FRAMES_PER_VIDEO_FRAME, VIDEO_FPS, LogSpectrogram, SpectrogramParams
+from pipeline.features import SPEC_FRAMES_PER_VIDEO_FRAME, VIDEO_FPS, NORMALISATIONS, LogSpectrogram, SpectrogramParams
 from pipeline.manifest import Entry, manifest_hash, write_manifest
 from pipeline.runs import STORE_SUFFIX
 from pipeline.media import MediaError, centre_crop_resize, load_audio_visual
@@ -35,6 +35,7 @@ class PrepareConfig:
     store: str = "zarr"
     face_size: int = 64
     crop_fraction: float = 1.0
+    normalisation: str = "utterance"  # spectrogram normalisation: "utterance" or "frequency-bin"
     num_workers: int = 2
     on_error: str = "stop"
     overwrite: bool = False
@@ -46,6 +47,8 @@ class PrepareConfig:
             raise config_io.ConfigError(f"prepare: unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}")
         if self.store not in STORE_SUFFIX:
             raise config_io.ConfigError(f"prepare: store must be one of {sorted(STORE_SUFFIX)}, got {self.store!r}")
+        if self.normalisation not in NORMALISATIONS:
+            raise config_io.ConfigError(f"prepare: normalisation must be one of {NORMALISATIONS}")
         if self.on_error not in ("stop", "skip"):
             raise config_io.ConfigError(f"prepare: on_error must be 'stop' or 'skip', got {self.on_error!r}")
 
@@ -68,7 +71,7 @@ class _DecodeUtterances(torch.utils.data.Dataset):
     def __init__(self, utterances: list[Utterance], cfg: PrepareConfig):
         self.utterances = utterances
         self.cfg = cfg
-        self.spectrogram = LogSpectrogram(SpectrogramParams())
+        self.spectrogram = LogSpectrogram(SpectrogramParams(normalisation=cfg.normalisation))
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -121,7 +124,7 @@ def run(cfg: PrepareConfig) -> Path:
     utterances = [u for u in adapter.utterances() if u.split in IDENTIFICATION_SPLITS or u.key in trial_keys]
     classes = sorted({u.label for u in utterances if u.split in IDENTIFICATION_SPLITS})
 
-    params = SpectrogramParams()
+    params = SpectrogramParams(normalisation=cfg.normalisation)
     common = {"dataset": cfg.dataset, "dataset_root": str(Path(cfg.root).resolve()), "video_fps": VIDEO_FPS}
     spectrograms = _open_or_create(
         spectrogram_store_path(out, cfg.store),

@@ -26,6 +26,7 @@ from pipeline.features import (
 from pipeline.manifest import Entry, read_classes, read_manifest, read_trials
 from pipeline.models.students import STUDENTS, StudentSpec, build_student
 from pipeline.runs import find_store
+from pipeline.training import adam_with_cyclic_lr, plot_history
 
 METHODS = ("proposed",)
 TARGETS = ("crop-peak", "utterance-peak")
@@ -219,7 +220,7 @@ def run(cfg: StudentConfig) -> Path:
             optimiser.step()
             scheduler.step()
             for name in sums:
-                sums[name] += float(getattr(losses, "total" if name == "loss" else name)) * len(labels)
+                sums[name] += getattr(losses, "total" if name == "loss" else name).item() * len(labels)
             hits += int((losses.logits.argmax(1) == labels).sum())
             seen += len(labels)
         row = {"epoch": epoch, **{name: value / seen for name, value in sums.items()}, "train_accuracy": hits / seen}

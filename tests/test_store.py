@@ -29,6 +29,7 @@ FIELDS = [
     FieldSpec("frame_pred", "int64", (), chunk_rows=4),
     FieldSpec("crops", "uint8", (3, 4, 4), chunk_rows=4),
     FieldSpec("peak", "float32", (8,), ragged=False, chunk_rows=4),
+    FieldSpec("n_frames", "int32", (), ragged=False, chunk_rows=4),
 ]
 LENGTHS = [0, 1, 5, 3, 0, 1, 7, 2]
 KEYS = ["spk/é/001", "spk/é/002", "日本/ü/003", "a", "b", "c", "d", "e"]
@@ -43,6 +44,7 @@ def make_item(seed: int, length: int) -> dict[str, np.ndarray]:
         "frame_pred": rng.integers(0, 1 << 40, length),
         "crops": rng.integers(0, 256, ((length + 1) // 2, 3, 4, 4), dtype=np.uint8),
         "peak": rng.standard_normal(8).astype(np.float32),
+        "n_frames": length,
     }
 
 
@@ -62,7 +64,7 @@ def assert_item(reader, key: str, expected: dict[str, np.ndarray]) -> None:
     for spec in FIELDS:
         got = reader.read(key, spec.name)
         want = np.asarray(expected[spec.name]).astype(spec.dtype)
-        assert got.dtype == np.dtype(spec.dtype), (key, spec.name)
+        assert isinstance(got, np.ndarray) and got.dtype == np.dtype(spec.dtype), (key, spec.name)
         np.testing.assert_array_equal(got, want, err_msg=f"{key} {spec.name}")
 
 
@@ -100,7 +102,8 @@ def test_read_slices(tmp_path: Path, backend: str) -> None:
     key, seed = "d", KEYS.index("d")  # 7 rows
     frames = make_item(seed, 7)["frames"].astype(np.float16)
     for start, stop in [(None, None), (2, 5), (0, 1), (5, 100), (-3, None), (None, -2), (4, 2), (7, 9), (-100, 3)]:
-        np.testing.assert_array_equal(reader.read(key, "frames", start, stop), frames[start:stop], err_msg=f"{start}:{stop}")
+        got = reader.read(key, "frames", start, stop)
+        np.testing.assert_array_equal(got, frames[start:stop], err_msg=f"{start}:{stop}")
     empty = reader.read("spk/é/001", "crops", 0, 5)  # a 0-row item
     assert empty.shape == (0, 3, 4, 4) and empty.dtype == np.uint8
 
@@ -188,11 +191,13 @@ def test_write_errors_name_the_key(tmp_path: Path, backend: str) -> None:
     bad_frames = {**make_item(1, 2), "frames": np.zeros((2, 7))}
     bad_peak = {**make_item(1, 2), "peak": np.zeros((1, 8))}
     flat_crops = {**make_item(1, 2), "crops": np.zeros((3, 4, 4))}
+    scalar_prob = {**make_item(1, 2), "frame_prob": np.float32(0.5)}
     cases = [
         ("k1", make_item(1, 2), "'k1': already written"),
         ("k2", bad_frames, r"'k2', field 'frames': expected shape \(T, 8\), got \(2, 7\)"),
         ("k2", bad_peak, r"'k2', field 'peak': expected shape \(8,\), got \(1, 8\)"),
         ("k2", flat_crops, r"'k2', field 'crops': expected shape \(T, 3, 4, 4\)"),
+        ("k2", scalar_prob, r"'k2', field 'frame_prob': expected shape \(T,\), got \(\)"),
         ("k2", {k: v for k, v in make_item(1, 2).items() if k != "peak"}, r"'k2': missing fields \['peak'\]"),
         ("k2", {**make_item(1, 2), "extra": np.zeros(1)}, r"'k2': unknown fields \['extra'\]"),
     ]
@@ -266,6 +271,7 @@ def test_pickle_after_use(tmp_path: Path, backend: str) -> None:
     path = store_path(tmp_path, backend)
     write_store(path, backend, KEYS, LENGTHS)
     reader = open_store(path)
+    assert reader._handle is None  # the constructor closed the handle it read the metadata through
     before = reader.read("d", "frames", 1, 4)
     clone = pickle.loads(pickle.dumps(reader))
     np.testing.assert_array_equal(clone.read("d", "frames", 1, 4), before)

@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -37,7 +38,12 @@ _VOWEL_RATIOS = np.array(
     ]
 )
 _N_FFT = 512
-_HOP = 128
+_HOP = 128  # must divide _N_FFT: _overlap_add tiles frames in n_fft / hop phases
+_WINDOW = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(_N_FFT) / _N_FFT)  # periodic Hann
+# Unit-variance Gaussian quantiles for each byte value: random bytes through this table give Gaussian
+# pixel noise (8-bit resolution, which pixels cannot exceed) several times faster than standard_normal.
+_GAUSSIAN_BYTES = torch.special.ndtri((torch.arange(256, dtype=torch.float64) + 0.5) / 256).numpy()
+_GAUSSIAN_BYTES = (_GAUSSIAN_BYTES / _GAUSSIAN_BYTES.std()).astype(np.float32)
 _SKIN_LIGHT = np.array([0.96, 0.82, 0.70])
 _SKIN_DARK = np.array([0.42, 0.28, 0.19])
 _HAIR_COLOURS = np.array(
@@ -143,12 +149,23 @@ class Voice:
 
 
 @dataclass(frozen=True)
+class _Speaker:
+    """One synthetic person."""
+
+    id: str  # "id10001", ...
+    role: str  # "identification" | "verification"
+    face: Face
+    voice: Voice
+    videos: list[str]  # video ids
+
+
+@dataclass(frozen=True)
 class _Utterance:
     """Where one utterance goes and what makes it reproducible."""
 
+    key: str  # speaker/video/NNNNN
     speaker: int
     video: int
-    number: int  # 1-based within its video
     index: int  # 0-based within its speaker
     n_frames: int
 
@@ -156,27 +173,30 @@ class _Utterance:
 def synthesize(out: Path, cfg: SynthConfig, progress: bool = True) -> Path:
     """Write the corpus (mp4 tree, iden_split.txt, veri_test.txt, speakers.json) under `out`; return `out`."""
     out = Path(out)
-    rng = np.random.default_rng(cfg.seed)
-    n_total = cfg.n_speakers + cfg.n_verification_speakers
-    speaker_ids = [f"id{_FIRST_SPEAKER_NUMBER + index}" for index in range(n_total)]
-    faces = [_sample_face(rng) for _ in range(n_total)]
-    voices = [_sample_voice(rng) for _ in range(n_total)]
-    video_ids = [_video_ids(rng, cfg.videos_per_speaker) for _ in range(n_total)]
-    plan = [u for speaker in range(n_total) for u in _plan_speaker(rng, cfg, speaker)]
-    keys = [f"{speaker_ids[u.speaker]}/{video_ids[u.speaker][u.video]}/{u.number:05d}" for u in plan]
-
-    for utterance, key in tqdm(list(zip(plan, keys)), desc="synthesize", unit="utt", disable=not progress):
-        audio, frames = _render_utterance(cfg, faces[utterance.speaker], voices[utterance.speaker], utterance)
-        path = out / "mp4" / f"{key}.mp4"
+    speakers = [_sample_speaker(cfg, index) for index in range(cfg.n_speakers + cfg.n_verification_speakers)]
+    plan = [utterance for index, speaker in enumerate(speakers) for utterance in _plan_speaker(cfg, speaker, index)]
+    for utterance in tqdm(plan, desc="synthesize", unit="utt", disable=not progress):
+        speaker = speakers[utterance.speaker]
+        audio, frames = _render_utterance(cfg, speaker.face, speaker.voice, utterance)
+        path = out / "mp4" / f"{utterance.key}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_mp4(path, frames, audio, cfg.fps, cfg.sample_rate)
 
-    iden = [(u, k) for u, k in zip(plan, keys) if u.speaker < cfg.n_speakers]
-    veri = [(u, k) for u, k in zip(plan, keys) if u.speaker >= cfg.n_speakers]
+    rng = np.random.default_rng([cfg.seed, 3])
+    iden = [utterance for utterance in plan if utterance.speaker < cfg.n_speakers]
+    veri = [utterance for utterance in plan if utterance.speaker >= cfg.n_speakers]
     _write_text(out / "iden_split.txt", _split_lines(rng, iden, cfg.utterances_per_speaker))
     _write_text(out / "veri_test.txt", _trial_lines(rng, veri, cfg.n_trials))
-    _write_text(out / "speakers.json", [_speakers_json(cfg, speaker_ids, faces, voices, video_ids)])
+    _write_text(out / "speakers.json", [_speakers_json(cfg, speakers)])
     return out
+
+
+def _sample_speaker(cfg: SynthConfig, index: int) -> _Speaker:
+    """Speaker `index`: its own seed, so adding speakers never changes the existing ones."""
+    rng = np.random.default_rng([cfg.seed, 0, index])
+    role = "identification" if index < cfg.n_speakers else "verification"
+    face, voice = _sample_face(rng), _sample_voice(rng)
+    return _Speaker(f"id{_FIRST_SPEAKER_NUMBER + index}", role, face, voice, _video_ids(rng, cfg.videos_per_speaker))
 
 
 def _sample_face(rng: np.random.Generator) -> Face:
@@ -215,8 +235,8 @@ def _sample_face(rng: np.random.Generator) -> Face:
 
 def _sample_voice(rng: np.random.Generator) -> Voice:
     """Draw one voice; ranges overlap across speakers so voices are harder to tell apart than faces."""
-    tract = rng.uniform(0.9, 1.1)  # vocal tract length factor: every formant scales together
-    formants = _NEUTRAL_FORMANTS / tract * rng.uniform(0.95, 1.05, 3)
+    tract = rng.uniform(0.93, 1.07)  # vocal tract length factor: every formant scales together
+    formants = _NEUTRAL_FORMANTS / tract * rng.uniform(0.97, 1.03, 3)
     return Voice(
         f0=_r(rng.uniform(90, 220), 1),
         formants=tuple(_r(f, 1) for f in formants),
@@ -243,28 +263,32 @@ def _video_ids(rng: np.random.Generator, count: int) -> list[str]:
     return ["".join(rng.choice(_VIDEO_ID_ALPHABET, 11)) for _ in range(count)]
 
 
-def _plan_speaker(rng: np.random.Generator, cfg: SynthConfig, speaker: int) -> list[_Utterance]:
+def _plan_speaker(cfg: SynthConfig, speaker: _Speaker, index: int) -> list[_Utterance]:
     """Assign a speaker's utterances to videos (each video at least one) and draw their lengths."""
+    rng = np.random.default_rng([cfg.seed, 1, index])
     n = cfg.utterances_per_speaker
     videos = np.concatenate([np.arange(cfg.videos_per_speaker), rng.integers(cfg.videos_per_speaker, size=n)])
     videos = np.sort(videos[:n])
     seconds = rng.uniform(cfg.min_seconds, cfg.max_seconds, n)
     plan, numbers = [], {}
-    for index, (video, length) in enumerate(zip(videos.tolist(), seconds)):
+    for position, (video, length) in enumerate(zip(videos.tolist(), seconds)):
         numbers[video] = numbers.get(video, 0) + 1
-        n_frames = max(1, round(length * cfg.fps))
-        plan.append(_Utterance(speaker, video, numbers[video], index, n_frames))
+        key = f"{speaker.id}/{speaker.videos[video]}/{numbers[video]:05d}"
+        plan.append(_Utterance(key, index, video, position, max(1, round(length * cfg.fps))))
     return plan
 
 
-def _render_utterance(cfg: SynthConfig, face: Face, voice: Voice, utterance: _Utterance) -> tuple[np.ndarray, np.ndarray]:
+def _render_utterance(
+    cfg: SynthConfig, face: Face, voice: Voice, utterance: _Utterance
+) -> tuple[np.ndarray, np.ndarray]:
     """Audio (n,) float32 and frames (T, S, S, 3) uint8 of one utterance, exactly T * sample_rate/fps samples."""
     # Seeds from (corpus seed, speaker, video/utterance): any utterance can be regenerated alone.
-    scene_rng = np.random.default_rng([cfg.seed, 1, utterance.speaker, utterance.video])
-    rng = np.random.default_rng([cfg.seed, 2, utterance.speaker, utterance.index])
+    scene_rng = np.random.default_rng([cfg.seed, 4, utterance.speaker, utterance.video])
+    rng = np.random.default_rng([cfg.seed, 5, utterance.speaker, utterance.index])
     samples_per_frame = cfg.sample_rate // cfg.fps
     n_samples = utterance.n_frames * samples_per_frame
-    channel_db = _channel_response(scene_rng)
+    # Microphone and room: shared by a video's utterances, plus a smaller per-utterance change.
+    channel_db = _channel_response(scene_rng, 2.5) + _channel_response(rng, 1.5)
     clean = _speech(voice, rng, n_samples, cfg.sample_rate, channel_db)
     opening = _mouth_opening(clean, samples_per_frame)
     speech_rms = float(np.sqrt(np.mean(clean**2))) + 1e-8
@@ -277,12 +301,12 @@ def _render_utterance(cfg: SynthConfig, face: Face, voice: Voice, utterance: _Ut
 # ---- audio -------------------------------------------------------------------------------------
 
 
-def _channel_response(rng: np.random.Generator) -> np.ndarray:
-    """A per-video microphone/room colouring: smooth random gain over frequency, in dB, (n_fft/2+1,)."""
+def _channel_response(rng: np.random.Generator, spread_db: float) -> np.ndarray:
+    """A smooth random gain over frequency (a microphone/room colouring), in dB, (n_fft/2+1,)."""
     position = np.linspace(0.0, 1.0, _N_FFT // 2 + 1)
     response = np.zeros_like(position)
     for harmonic in range(1, 4):
-        response += rng.normal(0, 2.5) * np.cos(np.pi * harmonic * position + rng.uniform(0, 2 * np.pi))
+        response += rng.normal(0, spread_db) * np.cos(np.pi * harmonic * position + rng.uniform(0, 2 * np.pi))
     return response
 
 
@@ -326,12 +350,15 @@ def _speech(voice: Voice, rng: np.random.Generator, n_samples: int, rate: int, c
     vowel_gain = _formant_gain(frequencies, formants, np.array(voice.bandwidths))
     vowel_gain *= 1.0 / (1.0 + frequencies[:, None] / voice.tilt)
     consonant_gain = _frication_gain(rng, syllables, frame_times, frequencies)
-    channel = 10.0 ** (channel_db[:, None] / 20.0)
-    spectrum = _stft(voiced) * (vowel_gain * channel) + _stft(frication) * (consonant_gain * channel)
+    channel = 10.0 ** (channel_db / 20.0)
+    voiced_spectrum, frication_spectrum = _stft(np.stack([voiced, frication]))  # each (F, n_freq)
+    spectrum = (voiced_spectrum * vowel_gain.T + frication_spectrum * consonant_gain.T) * channel
     return _istft(spectrum, n_samples)
 
 
-def _pitch_track(voice: Voice, rng: np.random.Generator, syllables: np.ndarray, times: np.ndarray, duration: float) -> np.ndarray:
+def _pitch_track(
+    voice: Voice, rng: np.random.Generator, syllables: np.ndarray, times: np.ndarray, duration: float
+) -> np.ndarray:
     """F0 per STFT frame: per-utterance register, declination, accents on syllables, slow jitter."""
     register = voice.f0 * rng.uniform(0.85, 1.15)
     declination = 1.0 + rng.uniform(-0.2, 0.05) * (times / duration - 0.5)
@@ -388,7 +415,9 @@ def _formant_gain(frequencies: np.ndarray, formants: np.ndarray, bandwidths: np.
     return magnitude.prod(axis=2)
 
 
-def _frication_gain(rng: np.random.Generator, syllables: np.ndarray, times: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
+def _frication_gain(
+    rng: np.random.Generator, syllables: np.ndarray, times: np.ndarray, frequencies: np.ndarray
+) -> np.ndarray:
     """Band-pass shape of each consonant (centre 2-6 kHz, per syllable): (n_freq, F)."""
     centres = np.full(len(times), 4000.0)
     for onset, _, _, _, _, _ in syllables:
@@ -396,18 +425,31 @@ def _frication_gain(rng: np.random.Generator, syllables: np.ndarray, times: np.n
     return np.exp(-0.5 * ((frequencies[:, None] - centres[None]) / (0.35 * centres[None])) ** 2)
 
 
-def _stft(signal: np.ndarray) -> np.ndarray:
-    """Complex STFT (n_freq, F), Hann window, hop 8 ms at 16 kHz."""
-    window = torch.hann_window(_N_FFT, dtype=torch.float64)
-    spectrum = torch.stft(torch.from_numpy(signal), _N_FFT, _HOP, window=window, center=True, return_complex=True)
-    return spectrum.numpy()
+def _stft(signals: np.ndarray) -> np.ndarray:
+    """Complex STFT (..., F, n_freq) of (..., n) signals: periodic Hann, hop n_fft/4, centred frames."""
+    padded = np.pad(signals, [(0, 0)] * (signals.ndim - 1) + [(_N_FFT // 2, _N_FFT // 2)], mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, _N_FFT, axis=-1)[..., ::_HOP, :]
+    return np.fft.rfft(frames * _WINDOW, axis=-1)
 
 
 def _istft(spectrum: np.ndarray, length: int) -> np.ndarray:
-    """Overlap-add inverse of _stft, trimmed to `length` samples."""
-    window = torch.hann_window(_N_FFT, dtype=torch.float64)
-    signal = torch.istft(torch.from_numpy(spectrum), _N_FFT, _HOP, window=window, center=True, length=length)
-    return signal.numpy()
+    """Weighted overlap-add inverse of _stft for one (F, n_freq) spectrum, trimmed to `length` samples."""
+    frames = np.fft.irfft(spectrum, n=_N_FFT, axis=-1) * _WINDOW  # (F, n_fft)
+    signal = _overlap_add(frames)
+    envelope = _overlap_add(np.broadcast_to(_WINDOW**2, frames.shape))
+    trimmed = slice(_N_FFT // 2, _N_FFT // 2 + length)
+    return signal[trimmed] / np.maximum(envelope[trimmed], 1e-8)
+
+
+def _overlap_add(frames: np.ndarray) -> np.ndarray:
+    """Sum (F, n_fft) frames at hop _HOP into one signal."""
+    overlap = _N_FFT // _HOP
+    out = np.zeros((len(frames) + overlap) * _HOP)
+    # Frames k, k+overlap, k+2*overlap... tile without gaps: each phase is one reshape and one add.
+    for phase in range(overlap):
+        block = frames[phase::overlap].reshape(-1)
+        out[phase * _HOP : phase * _HOP + len(block)] += block
+    return out
 
 
 def _mouth_opening(clean: np.ndarray, samples_per_frame: int) -> np.ndarray:
@@ -420,55 +462,79 @@ def _mouth_opening(clean: np.ndarray, samples_per_frame: int) -> np.ndarray:
 # ---- video -------------------------------------------------------------------------------------
 
 
-class _Canvas:
-    """Pixel grids and the per-frame head pose that maps image coordinates to head coordinates."""
+@dataclass(frozen=True)
+class _Ellipse:
+    """An ellipse in head coordinates; ay may vary per frame as a (T, 1, 1) array (blinks, mouth)."""
 
-    def __init__(self, size: int, centre_x: np.ndarray, centre_y: np.ndarray, roll: np.ndarray, scale: float):
-        self.size = size
-        self.pixel = 2.0 / size  # image units per pixel
+    cx: float
+    cy: float
+    ax: float | np.ndarray
+    ay: float | np.ndarray
+    angle: float = 0.0
+
+    def reach(self) -> float:
+        """Radius of a disc around the centre that holds the ellipse in every frame."""
+        return float(max(np.max(self.ax), np.max(self.ay)))
+
+    def coverage(self, x: np.ndarray, y: np.ndarray, edge: float) -> np.ndarray:
+        """Anti-aliased coverage in [0, 1] at head coordinates, with a soft edge `edge` wide."""
+        dx, dy = x - self.cx, y - self.cy
+        if self.angle:
+            cos, sin = math.cos(self.angle), math.sin(self.angle)
+            dx, dy = cos * dx + sin * dy, cos * dy - sin * dx
+        radius = np.sqrt((dx / self.ax) ** 2 + (dy / self.ay) ** 2)
+        return np.clip((1.0 - radius) * np.minimum(self.ax, self.ay) / edge + 0.5, 0.0, 1.0)
+
+
+_Mask = Callable[[np.ndarray, np.ndarray], np.ndarray]  # head (x, y) -> coverage multiplier
+
+
+class _Painter:
+    """Blends head-space shapes into planar frames (3, T, S, S) under a per-frame head pose."""
+
+    def __init__(self, image: np.ndarray, centre_x: np.ndarray, centre_y: np.ndarray, roll: np.ndarray, scale: float):
+        self.image = image
+        size = image.shape[-1]
+        self.size, self.pixel = size, 2.0 / size  # the frame spans [-1, 1]
         self.grid = (np.arange(size, dtype=np.float32) + 0.5) * self.pixel - 1.0
         self.centre_x = centre_x.astype(np.float32)[:, None, None]  # (T, 1, 1)
         self.centre_y = centre_y.astype(np.float32)[:, None, None]
         self.cos = np.cos(roll).astype(np.float32)[:, None, None]
         self.sin = np.sin(roll).astype(np.float32)[:, None, None]
         self.scale = scale
+        self.edge = self.pixel / scale  # one pixel in head units
 
-    def box(self, x: float, y: float, radius: float) -> tuple[slice, slice]:
-        """Pixel rows/columns that a head-space disc of `radius` at (x, y) can touch in any frame."""
+    def fill(self, shape: _Ellipse, colour, mask: _Mask | None = None) -> None:
+        """Paint `shape` in a flat colour, optionally restricted by `mask`; only its pixel box is computed."""
+        rows, cols = self._box(shape.cx, shape.cy, shape.reach())
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            return
+        x, y = self._head_coords(rows, cols)
+        alpha = shape.coverage(x, y, self.edge)
+        if mask is not None:
+            alpha = alpha * mask(x, y)
+        for channel, value in enumerate(colour):
+            region = self.image[channel, :, rows, cols]
+            region += alpha * (np.float32(value) - region)
+
+    def _box(self, x: float, y: float, radius: float) -> tuple[slice, slice]:
+        """Pixel rows and columns that a head-space disc at (x, y) can touch in any frame."""
         image_x = self.centre_x + self.scale * (self.cos * x - self.sin * y)
         image_y = self.centre_y + self.scale * (self.sin * x + self.cos * y)
         reach = self.scale * radius + 2 * self.pixel
-        return self._span(image_y.min() - reach, image_y.max() + reach), self._span(image_x.min() - reach, image_x.max() + reach)
+        rows = self._span(image_y.min() - reach, image_y.max() + reach)
+        return rows, self._span(image_x.min() - reach, image_x.max() + reach)
 
     def _span(self, low: float, high: float) -> slice:
         first = int(np.clip(math.floor((low + 1.0) / self.pixel), 0, self.size))
         last = int(np.clip(math.ceil((high + 1.0) / self.pixel), 0, self.size))
         return slice(first, last)
 
-    def head_coords(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    def _head_coords(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         """Head-space (x, y) of the pixels in a box, each (T, h, w)."""
         dx = (self.grid[cols][None, None, :] - self.centre_x) / self.scale
         dy = (self.grid[rows][None, :, None] - self.centre_y) / self.scale
-        return self.cos * dx + self.sin * dy, -self.sin * dx + self.cos * dy
-
-    def edge(self) -> float:
-        """One pixel in head units: the width of the anti-aliased edge."""
-        return self.pixel / self.scale
-
-
-def _ellipse(x: np.ndarray, y: np.ndarray, cx, cy, ax, ay, edge: float, angle: float = 0.0) -> np.ndarray:
-    """Anti-aliased coverage in [0, 1] of an ellipse (semi-axes ax, ay; rotated by angle) at head coords."""
-    dx, dy = x - cx, y - cy
-    if angle:
-        dx, dy = math.cos(angle) * dx + math.sin(angle) * dy, -math.sin(angle) * dx + math.cos(angle) * dy
-    radius = np.sqrt((dx / ax) ** 2 + (dy / ay) ** 2)
-    return np.clip((1.0 - radius) * np.minimum(ax, ay) / edge + 0.5, 0.0, 1.0)
-
-
-def _paint(image: np.ndarray, rows: slice, cols: slice, alpha: np.ndarray, colour) -> None:
-    """Blend a flat colour into image[:, rows, cols] with coverage alpha (T, h, w)."""
-    region = image[:, rows, cols]
-    region += alpha[..., None] * (np.asarray(colour, dtype=np.float32) - region)
+        return self.cos * dx + self.sin * dy, self.cos * dy - self.sin * dx
 
 
 def _render_frames(
@@ -482,125 +548,147 @@ def _render_frames(
 ) -> np.ndarray:
     """Frames (T, size, size, 3) uint8 of a talking face in a per-video scene with per-utterance nuisance."""
     count = len(opening)
-    times = np.arange(count) / fps
-    background = scene_rng.uniform(0.1, 0.9, 3) + rng.normal(0, 0.04, 3)
+    # Planar (3, T, S, S): each blend then runs over contiguous per-channel blocks.
+    image = np.empty((3, count, size, size), dtype=np.float32)
+    image[:] = _background(scene_rng, rng, size)[:, None]
     shirt = scene_rng.uniform(0.05, 0.95, 3)
-    gradient_angle, gradient = scene_rng.uniform(0, 2 * np.pi), scene_rng.uniform(0, 0.15)
-    base_x, base_y = scene_rng.uniform(-0.06, 0.06, 2) + rng.uniform(-0.03, 0.03, 2)
-    drift = rng.uniform(0, 0.03, 2)[:, None] * np.sin(2 * np.pi * rng.uniform(0.1, 0.4, (2, 1)) * times + rng.uniform(0, 6.3, (2, 1)))
-    shake = rng.normal(0, 0.004, (2, count))
-    roll = rng.uniform(-0.08, 0.08) + 0.03 * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * times)
-    canvas = _Canvas(size, base_x + drift[0] + shake[0], 0.05 + base_y + drift[1] + shake[1], roll, rng.uniform(0.92, 1.08))
+    painter = _posed_painter(image, scene_rng, rng, fps)
+    _draw_head(painter, face, opening.astype(np.float32), shirt, _blinks(rng, count, fps))
+    image *= np.float32(255 * rng.uniform(0.8, 1.15))
+    if noise > 0:
+        image += _GAUSSIAN_BYTES[rng.integers(0, 256, image.shape, dtype=np.uint8)] * np.float32(255 * noise)
+    image += np.float32(0.5)  # so that the truncating cast below rounds
+    np.clip(image, 0.0, 255.0, out=image)
+    return image.transpose(1, 2, 3, 0).astype(np.uint8)
 
-    grid = canvas.grid
-    ramp = math.cos(gradient_angle) * grid[None, :] + math.sin(gradient_angle) * grid[:, None]
-    image = np.empty((count, size, size, 3), dtype=np.float32)
-    image[:] = (background[None, None, :] + gradient * ramp[..., None]).astype(np.float32)
-    _draw_head(image, canvas, face, opening, shirt, _blinks(rng, count, fps))
-    image *= rng.uniform(0.8, 1.15)
-    image += rng.normal(0.0, noise, image.shape).astype(np.float32) if noise > 0 else 0.0
-    return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+def _background(scene_rng: np.random.Generator, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A video's backdrop, (3, S, S): flat colour (slightly varied per utterance) plus a linear light ramp."""
+    colour = scene_rng.uniform(0.1, 0.9, 3) + rng.normal(0, 0.04, 3)
+    angle, strength = scene_rng.uniform(0, 2 * np.pi), scene_rng.uniform(0, 0.15)
+    grid = (np.arange(size) + 0.5) * 2.0 / size - 1.0
+    ramp = math.cos(angle) * grid[None, :] + math.sin(angle) * grid[:, None]
+    return (colour[:, None, None] + strength * ramp[None]).astype(np.float32)
+
+
+def _posed_painter(image: np.ndarray, scene_rng: np.random.Generator, rng: np.random.Generator, fps: int) -> _Painter:
+    """Head pose per frame: per-video placement, per-utterance offset, scale and roll, slow drift, shake."""
+    count = image.shape[1]
+    times = np.arange(count) / fps
+    base = scene_rng.uniform(-0.06, 0.06, 2) + rng.uniform(-0.03, 0.03, 2) + np.array([0.0, 0.05])
+    frequency, phase = rng.uniform(0.1, 0.4, (2, 1)), rng.uniform(0, 2 * np.pi, (2, 1))
+    drift = rng.uniform(0, 0.03, (2, 1)) * np.sin(2 * np.pi * frequency * times + phase)
+    centre = base[:, None] + drift + rng.normal(0, 0.004, (2, count))
+    roll = rng.uniform(-0.08, 0.08) + 0.03 * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * times)
+    return _Painter(image, centre[0], centre[1], roll, rng.uniform(0.92, 1.08))
 
 
 def _blinks(rng: np.random.Generator, count: int, fps: int) -> np.ndarray:
     """Eye openness per frame in [0.1, 1]: blinks of ~3 frames about every 3 s."""
-    openness = np.ones(count)
+    openness = np.ones(count, dtype=np.float32)
     for start in np.flatnonzero(rng.random(count) < 1.0 / (3 * fps)):
         openness[start : start + 3] = [0.5, 0.1, 0.5][: len(openness[start : start + 3])]
     return openness
 
 
-def _draw_head(image: np.ndarray, canvas: _Canvas, face: Face, opening: np.ndarray, shirt, blinks: np.ndarray) -> None:
-    """Paint shoulders, hair, face, fringe, eyes, brows, nose, beard, mouth and glasses back to front."""
-    edge = canvas.edge()
-    fw, fh = face.face_width, face.face_height
+def _draw_head(painter: _Painter, face: Face, opening: np.ndarray, shirt: np.ndarray, blinks: np.ndarray) -> None:
+    """Paint shoulders, neck, hair, face, fringe, beard, eyes, brows, glasses, nose and mouth, back to front."""
+    width, height = face.face_width, face.face_height
     skin = np.array(face.skin)
-
-    def layer(x, y, radius, coverage, colour) -> None:
-        rows, cols = canvas.box(x, y, radius)
-        if rows.stop > rows.start and cols.stop > cols.start:
-            hx, hy = canvas.head_coords(rows, cols)
-            _paint(image, rows, cols, coverage(hx, hy), colour)
-
-    layer(0, fh + 0.55, 1.0, lambda x, y: _ellipse(x, y, 0, fh + 0.55, 0.9, 0.45, edge), shirt)
-    layer(0, fh * 0.9, 0.35, lambda x, y: _ellipse(x, y, 0, fh * 0.9, fw * 0.45, 0.3, edge), skin * 0.85)
-    hair_top, hair_bottom = -fh - face.hair_top, max(face.hair_bottom, -fh * 0.2)
-    hair_cy, hair_ry, hair_rx = (hair_top + hair_bottom) / 2, (hair_bottom - hair_top) / 2, fw * face.hair_width
-    hair = lambda x, y: _ellipse(x, y, 0, hair_cy, hair_rx, hair_ry, edge)  # noqa: E731
-    layer(0, hair_cy, max(hair_rx, hair_ry), hair, face.hair)
-    layer(0, 0, max(fw, fh), lambda x, y: _ellipse(x, y, 0, 0, fw, fh, edge), skin)
-
-    def fringe(x, y):
-        hairline = -fh + 2 * fh * face.hairline - face.fringe_curve * x**2
-        return hair(x, y) * np.clip((hairline - y) / edge + 0.5, 0, 1)
-
-    layer(0, hair_cy, max(hair_rx, hair_ry), fringe, face.hair)
+    painter.fill(_Ellipse(0, height + 0.55, 0.9, 0.45), shirt)
+    painter.fill(_Ellipse(0, height * 0.9, width * 0.45, 0.3), skin * 0.85)
+    hair_top, hair_bottom = -height - face.hair_top, max(face.hair_bottom, -height * 0.2)
+    hair = _Ellipse(0, (hair_top + hair_bottom) / 2, width * face.hair_width, (hair_bottom - hair_top) / 2)
+    painter.fill(hair, face.hair)
+    painter.fill(_Ellipse(0, 0, width, height), skin)
+    hairline = -height + 2 * height * face.hairline
+    painter.fill(hair, face.hair, mask=_above(hairline, face.fringe_curve, painter.edge))
     if face.beard:
-        layer(0, fh * 0.6, fw, lambda x, y: _ellipse(x, y, 0, fh * 0.55, fw * 0.8, fh * 0.5, edge) * (y > face.mouth_y - 0.06), face.hair)
-    _draw_eyes(layer, face, blinks[:, None, None], edge)
-    nose_y = face.eye_y + face.nose_length * 0.6 + 0.03
-    layer(0, nose_y, face.nose_length, lambda x, y: _ellipse(x, y, 0, nose_y, face.nose_width, face.nose_length, edge), skin * 0.8)
-    _draw_mouth(layer, face, opening[:, None, None], edge)
+        beard = _Ellipse(0, height * 0.55, width * 0.8, height * 0.5)
+        painter.fill(beard, face.hair, mask=_above(face.mouth_y - 0.06, 0.0, painter.edge, invert=True))
+    _draw_eyes(painter, face, blinks[:, None, None])
+    nose = _Ellipse(0, face.eye_y + face.nose_length * 0.6 + 0.03, face.nose_width, face.nose_length)
+    painter.fill(nose, skin * 0.8)
+    _draw_mouth(painter, face, opening[:, None, None])
 
 
-def _draw_eyes(layer, face: Face, openness: np.ndarray, edge: float) -> None:
+def _above(level: float, curve: float, edge: float, invert: bool = False) -> _Mask:
+    """Mask of the region above the curve y = level - curve * x^2 (below it when invert), soft-edged."""
+
+    def mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        distance = (level - curve * x**2) - y
+        return np.clip((-distance if invert else distance) / edge + 0.5, 0.0, 1.0)
+
+    return mask
+
+
+def _inside(shape: _Ellipse, edge: float, invert: bool = False) -> _Mask:
+    """Mask of the inside of `shape` (its outside when invert)."""
+
+    def mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        coverage = shape.coverage(x, y, edge)
+        return 1.0 - coverage if invert else coverage
+
+    return mask
+
+
+def _draw_eyes(painter: _Painter, face: Face, openness: np.ndarray) -> None:
     """Sclera, iris (inside the sclera), brows and, for some speakers, glasses."""
+    brow_colour = np.array(face.hair) * 0.7
     for side in (-1, 1):
         x, y = side * face.eye_spacing * face.face_width, face.eye_y
-        height = face.eye_height * openness
-        sclera = lambda hx, hy, x=x, h=height: _ellipse(hx, hy, x, y, face.eye_width, h, edge)  # noqa: E731
-        layer(x, y, face.eye_width, sclera, (0.93, 0.93, 0.9))
-        iris_r = face.eye_height * 0.95
-        layer(x, y, face.eye_width, lambda hx, hy, x=x, s=sclera: _ellipse(hx, hy, x, y, iris_r, iris_r, edge) * s(hx, hy), face.iris)
+        sclera = _Ellipse(x, y, face.eye_width, face.eye_height * openness)
+        painter.fill(sclera, (0.93, 0.93, 0.9))
+        iris = _Ellipse(x, y, face.eye_height * 0.95, face.eye_height * 0.95)
+        painter.fill(iris, face.iris, mask=_inside(sclera, painter.edge))
         brow_y = y - face.eye_height - face.brow_raise
-        brow = lambda hx, hy, x=x, side=side: _ellipse(hx, hy, x, brow_y, face.eye_width * 1.3, face.brow_thickness, edge, side * face.brow_tilt)  # noqa: E731
-        layer(x, brow_y, face.eye_width * 1.4, brow, np.array(face.hair) * 0.7)
+        painter.fill(_Ellipse(x, brow_y, face.eye_width * 1.3, face.brow_thickness, side * face.brow_tilt), brow_colour)
         if face.glasses:
-            outer, inner = face.eye_width * 1.6, face.eye_width * 1.35
-            ring = lambda hx, hy, x=x: _ellipse(hx, hy, x, y, outer, outer * 0.8, edge) * (1 - _ellipse(hx, hy, x, y, inner, inner * 0.75, edge))  # noqa: E731
-            layer(x, y, outer, ring, (0.1, 0.1, 0.12))
+            lens = _Ellipse(x, y, face.eye_width * 1.35, face.eye_width * 1.0)
+            frame = _Ellipse(x, y, face.eye_width * 1.6, face.eye_width * 1.28)
+            painter.fill(frame, (0.1, 0.1, 0.12), mask=_inside(lens, painter.edge, invert=True))
 
 
-def _draw_mouth(layer, face: Face, opening: np.ndarray, edge: float) -> None:
+def _draw_mouth(painter: _Painter, face: Face, opening: np.ndarray) -> None:
     """Lips with a dark opening whose height follows the speech envelope."""
-    y, width = face.mouth_y, face.mouth_width
-    inner_height = 0.004 + face.mouth_open * opening
-    lips = lambda hx, hy: _ellipse(hx, hy, 0, y, width, 0.018 + inner_height, edge)  # noqa: E731
-    layer(0, y, width + face.mouth_open, lips, face.lips)
-    inside = lambda hx, hy: _ellipse(hx, hy, 0, y, width * (0.85 - 0.1 * opening), inner_height, edge)  # noqa: E731
-    layer(0, y, width + face.mouth_open, inside, (0.22, 0.05, 0.07))
+    inner_height = 0.004 + face.mouth_open * opening  # (T, 1, 1)
+    painter.fill(_Ellipse(0, face.mouth_y, face.mouth_width, 0.018 + inner_height), face.lips)
+    inside = _Ellipse(0, face.mouth_y, face.mouth_width * (0.85 - 0.1 * opening), inner_height)
+    painter.fill(inside, (0.22, 0.05, 0.07))
 
 
 # ---- files -------------------------------------------------------------------------------------
 
 
 def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int) -> None:
-    """Encode H.264 (yuv420p, crf 20) + AAC mono to a temporary name, then move it into place."""
+    """Encode H.264 (yuv420p, crf 23) + AAC mono to a temporary name, then move it into place."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-    samples_per_frame = sample_rate // fps
     try:
         with av.open(str(temporary), "w", format="mp4") as container:
             video = container.add_stream("libx264", rate=fps)
             video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            video.options = {"crf": "20", "preset": "veryfast"}
+            # crf 23 keeps the faces sharp; lower values spend 4x the bytes on encoding the pixel noise.
+            video.options = {"crf": "23", "preset": "veryfast"}
             sound = container.add_stream("aac", rate=sample_rate, layout="mono")
+            sound.bit_rate = 48000
+            # One audio frame: the encoder re-blocks it into 1024-sample AAC frames, the muxer interleaves.
+            container.mux(sound.encode(_audio_frame(audio, sample_rate)))
+            container.mux(sound.encode(None))
             for index, image in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
                 frame.pts, frame.time_base = index, Fraction(1, fps)
                 container.mux(video.encode(frame))
-                chunk = audio[index * samples_per_frame : (index + 1) * samples_per_frame]
-                container.mux(sound.encode(_audio_frame(chunk, index * samples_per_frame, sample_rate)))
             container.mux(video.encode(None))
-            container.mux(sound.encode(None))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def _audio_frame(samples: np.ndarray, pts: int, sample_rate: int) -> av.AudioFrame:
-    """A mono float-planar PyAV frame; the encoder re-blocks it into AAC's 1024-sample frames."""
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, :], dtype=np.float32), format="fltp", layout="mono")
-    frame.sample_rate, frame.pts, frame.time_base = sample_rate, pts, Fraction(1, sample_rate)
+def _audio_frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
+    """A mono float-planar PyAV frame starting at time 0."""
+    planar = np.ascontiguousarray(samples[None, :], dtype=np.float32)  # (channels, n)
+    frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
     return frame
 
 
@@ -612,25 +700,25 @@ def _write_text(path: Path, lines: list[str]) -> None:
     os.replace(temporary, path)
 
 
-def _split_lines(rng: np.random.Generator, utterances: list[tuple[_Utterance, str]], per_speaker: int) -> list[str]:
+def _split_lines(rng: np.random.Generator, utterances: list[_Utterance], per_speaker: int) -> list[str]:
     """iden_split.txt lines: per speaker ~70/10/20 train/val/test, at least 1 val and 2 test."""
     n_test = max(2, round(0.2 * per_speaker))
     n_val = max(1, round(0.1 * per_speaker))
     sets = np.array([3] * n_test + [2] * n_val + [1] * (per_speaker - n_test - n_val))
     by_speaker: dict[int, list[str]] = {}
-    for utterance, key in utterances:
-        by_speaker.setdefault(utterance.speaker, []).append(key)
+    for utterance in utterances:
+        by_speaker.setdefault(utterance.speaker, []).append(utterance.key)
     lines = []
     for speaker in sorted(by_speaker):
         keys = by_speaker[speaker]
-        lines += [f"{s} {k}.wav" for s, k in zip(rng.permutation(sets).tolist(), keys)]
+        lines += [f"{split} {key}.wav" for split, key in zip(rng.permutation(sets).tolist(), keys)]
     return lines
 
 
-def _trial_lines(rng: np.random.Generator, utterances: list[tuple[_Utterance, str]], n_trials: int) -> list[str]:
+def _trial_lines(rng: np.random.Generator, utterances: list[_Utterance], n_trials: int) -> list[str]:
     """veri_test.txt lines: half same-speaker, half different-speaker pairs, no pair twice, none with itself."""
-    keys = [key for _, key in utterances]
-    speakers = np.array([u.speaker for u, _ in utterances])
+    keys = [utterance.key for utterance in utterances]
+    speakers = np.array([utterance.speaker for utterance in utterances])
     n_positive = n_trials // 2
     chosen: set[tuple[int, int]] = set()
     lines = []
@@ -650,15 +738,7 @@ def _trial_lines(rng: np.random.Generator, utterances: list[tuple[_Utterance, st
     return [lines[i] for i in order]
 
 
-def _speakers_json(cfg: SynthConfig, ids: list[str], faces: list[Face], voices: list[Voice], videos: list[list[str]]) -> str:
+def _speakers_json(cfg: SynthConfig, speakers: list[_Speaker]) -> str:
     """Ground truth for documentation: the config and every speaker's face and voice parameters."""
-    speakers = {
-        speaker_id: {
-            "role": "identification" if index < cfg.n_speakers else "verification",
-            "videos": videos[index],
-            "face": asdict(faces[index]),
-            "voice": asdict(voices[index]),
-        }
-        for index, speaker_id in enumerate(ids)
-    }
-    return json.dumps({"config": asdict(cfg), "speakers": speakers}, indent=2)
+    truth = {speaker.id: {key: value for key, value in asdict(speaker).items() if key != "id"} for speaker in speakers}
+    return json.dumps({"config": asdict(cfg), "speakers": truth}, indent=2)

@@ -30,7 +30,6 @@ class AudioStudent(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)  # any length: full utterances at evaluation
         self.embedding = nn.Sequential(
             nn.Linear(trunk.out_channels, spec.embed_dim),
-            nn.BatchNorm1d(spec.embed_dim),
             nn.ReLU(inplace=True),
             nn.Linear(spec.embed_dim, spec.embed_dim),
         )

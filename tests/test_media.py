@@ -1,0 +1,240 @@
+"""PyAV decoding: formats, resampling to 16 kHz / 25 fps, alignment, and clear errors on bad files."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.media import (
+    MediaError,
+    centre_crop_resize,
+    decode_audio,
+    decode_video,
+    load_audio_visual,
+    probe,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real test data not found at {SHARED_DATA}")
+
+
+def _write_mp4(
+    path: Path,
+    seconds: float,
+    fps: int = 25,
+    sample_rate: int | None = 16000,
+    size: int = 32,
+) -> Path:
+    """An H.264 mp4 whose frame i is filled with grey level i (mod 256), with an optional AAC 440 Hz tone."""
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        video.options = {"preset": "ultrafast", "crf": "18"}
+        if sample_rate is not None:
+            audio = container.add_stream("aac", rate=sample_rate, layout="mono")
+            tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * sample_rate)) / sample_rate)
+            frame = av.AudioFrame.from_ndarray(tone[None].astype(np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
+            container.mux(audio.encode(frame))
+            container.mux(audio.encode(None))
+        for index in range(round(seconds * fps)):
+            image = np.full((size, size, 3), (index * 8) % 256, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    return path
+
+
+def _write_wav(path: Path, seconds: float, sample_rate: int, channels: int) -> Path:
+    """A 16-bit PCM wav of a 220 Hz tone."""
+    n = round(seconds * sample_rate)
+    tone = (0.5 * np.sin(2 * np.pi * 220 * np.arange(n) / sample_rate) * 32767).astype(np.int16)
+    layout = "stereo" if channels == 2 else "mono"
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=sample_rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.tile(tone, channels)[None], format="s16", layout=layout)
+        frame.sample_rate, frame.pts = sample_rate, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_mp4_with_h264_and_aac(tmp_path: Path) -> None:
+    path = _write_mp4(tmp_path / "a.mp4", seconds=2.0)
+    info = probe(path)
+    assert (info.has_audio, info.has_video, info.audio_rate, info.audio_channels) == (True, True, 16000, 1)
+    assert (info.video_codec, info.audio_codec, info.video_fps, info.width) == ("h264", "aac", 25.0, 32)
+    assert info.duration == pytest.approx(2.0, abs=0.1)
+
+    frames = decode_video(path)
+    assert frames.shape == (50, 32, 32, 3) and frames.dtype == np.uint8
+    assert abs(int(frames[10, 16, 16, 0]) - 80) <= 3  # frame 10 was grey level 80
+
+    audio = decode_audio(path)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert 32000 <= len(audio) <= 32000 + 1024  # AAC pads its last 1024-sample frame
+    assert 0.15 < np.sqrt(np.mean(audio[1000:30000] ** 2)) < 0.25  # 0.3-amplitude sine: RMS 0.21
+
+    aligned_audio, aligned_frames = load_audio_visual(path)
+    assert len(aligned_frames) == 50 and len(aligned_audio) == 640 * 50
+
+
+def _write_container(path: Path, container_format: str, video_codec: str | None, audio_codec: str) -> Path:
+    """2 s of 25 fps video (optional) and a 44.1 kHz tone in another container and codec pair."""
+    sample_rate, seconds, fps = 44100, 2.0, 25
+    with av.open(str(path), "w", format=container_format) as container:
+        # Every stream must exist before the first packet is muxed (the header is written then).
+        audio = container.add_stream(audio_codec, rate=sample_rate, layout="mono")
+        if video_codec is not None:
+            video = container.add_stream(video_codec, rate=fps)
+            video.width = video.height = 32
+            video.pix_fmt = "yuv420p"
+        tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * sample_rate)) / sample_rate)
+        frame = av.AudioFrame.from_ndarray(tone[None].astype(np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = sample_rate, 0
+        container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+        if video_codec is not None:
+            for index in range(round(seconds * fps)):
+                image = av.VideoFrame.from_ndarray(np.full((32, 32, 3), index, dtype=np.uint8), format="rgb24")
+                image.pts, image.time_base = index, Fraction(1, fps)
+                container.mux(video.encode(image))
+            container.mux(video.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "container_format", "video_codec", "audio_codec"),
+    [
+        ("a.flac", "flac", None, "flac"),
+        ("a.m4a", "ipod", None, "aac"),
+        ("v.avi", "avi", "mpeg4", "mp2"),
+        ("v.mpg", "mpeg", "mpeg1video", "mp2"),
+    ],
+)
+def test_other_containers_decode(
+    tmp_path: Path, name: str, container_format: str, video_codec: str | None, audio_codec: str
+) -> None:
+    path = _write_container(tmp_path / name, container_format, video_codec, audio_codec)
+    audio = decode_audio(path)  # 44.1 kHz in, 16 kHz out
+    assert abs(len(audio) - 32000) <= 1100  # codecs pad their last frame
+    if video_codec is not None:
+        # The MPEG-PS muxer may leave a one-frame timestamp gap, which resampling by time fills.
+        assert len(decode_video(path)) in (50, 51)
+        samples, frames = load_audio_visual(path)
+        assert len(samples) == 640 * len(frames)
+
+
+def test_wav_48k_stereo_is_resampled_to_16k_mono(tmp_path: Path) -> None:
+    path = _write_wav(tmp_path / "s.wav", seconds=1.5, sample_rate=48000, channels=2)
+    info = probe(path)
+    assert (info.audio_rate, info.audio_channels, info.has_video) == (48000, 2, False)
+    audio = decode_audio(path)
+    assert abs(len(audio) - 24000) <= 2
+    assert np.abs(audio).max() <= 1.0 and np.abs(audio).max() > 0.4
+
+
+def test_30_fps_video_is_resampled_to_25_fps_by_timestamp(tmp_path: Path) -> None:
+    path = _write_mp4(tmp_path / "v30.mp4", seconds=2.0, fps=30, sample_rate=None)
+    frames = decode_video(path, fps=25.0)
+    assert len(frames) == 50
+    # Output frame i shows source frame floor(i * 30 / 25) (the latest one not after i/25 s).
+    for index in (0, 1, 7, 49):
+        source = (index * 30) // 25
+        assert abs(int(frames[index, 16, 16, 0]) - (source * 8) % 256) <= 3
+
+
+def test_upsampling_fps_duplicates_frames(tmp_path: Path) -> None:
+    path = _write_mp4(tmp_path / "v10.mp4", seconds=1.0, fps=10, sample_rate=None)
+    frames = decode_video(path, fps=25.0)
+    assert len(frames) == 25
+    assert np.array_equal(frames[0], frames[2]) and not np.array_equal(frames[2], frames[3])
+
+
+def test_no_audio_track_raises_naming_the_file(tmp_path: Path) -> None:
+    path = _write_mp4(tmp_path / "silent.mp4", seconds=1.0, sample_rate=None)
+    with pytest.raises(MediaError, match="no audio") as error:
+        decode_audio(path)
+    assert str(error.value).startswith(str(path))
+
+
+def test_truncated_mp4_fails_or_decodes_shorter(tmp_path: Path) -> None:
+    path = _write_mp4(tmp_path / "cut.mp4", seconds=2.0)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.3)])
+    # The mp4 muxer writes the index (moov) last: without it FFmpeg cannot open the file at all.
+    # Should a build decode the partial data instead, the result must at least be shorter.
+    try:
+        frames = decode_video(path)
+    except MediaError as error:
+        assert str(error).startswith(str(path))
+    else:
+        assert len(frames) < 50
+
+
+@pytest.mark.parametrize("content", [b"", np.random.default_rng(0).bytes(5000)], ids=["empty", "garbage"])
+def test_unreadable_files_raise_media_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    for decode in (decode_audio, decode_video, probe):
+        with pytest.raises(MediaError) as error:
+            decode(path)
+        assert str(error.value).startswith(str(path))
+
+
+def test_missing_file_raises_media_error(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="nope.wav"):
+        decode_audio(tmp_path / "nope.wav")
+
+
+def test_centre_crop_resize_takes_the_centre() -> None:
+    frames = np.zeros((3, 40, 60, 3), dtype=np.uint8)
+    frames[:, 10:30, 20:40] = 200  # a 20x20 bright square in the centre
+    out = centre_crop_resize(frames, crop_fraction=0.5, size=16)
+    assert out.shape == (3, 16, 16, 3) and out.dtype == np.uint8
+    assert out.min() == 200  # the crop (20x20 around the centre) is all square
+    wide = centre_crop_resize(frames, crop_fraction=1.0, size=20)
+    assert wide[:, 10, 10].min() == 200 and wide[:, 0, 0].max() == 0
+
+
+def test_load_audio_visual_cuts_to_the_shorter_stream(tmp_path: Path) -> None:
+    video = _write_mp4(tmp_path / "v.mp4", seconds=2.0, sample_rate=None)
+    audio = _write_wav(tmp_path / "a.wav", seconds=1.23, sample_rate=16000, channels=1)
+    samples, frames = load_audio_visual(video, audio)
+    assert len(frames) == 30  # 1.23 s of audio holds 30 whole 40 ms frames
+    assert len(samples) == 30 * 640
+
+
+@needs_shared
+def test_real_voxceleb_wav_keeps_its_length() -> None:
+    path = SHARED_DATA / "voxceleb1" / "wav" / "id10270" / "x6uYqmx31kE" / "00001.wav"
+    info = probe(path)
+    assert info.audio_rate == 16000
+    audio = decode_audio(path)
+    assert abs(len(audio) - round(info.duration * 16000)) <= 1
+
+
+@needs_shared
+def test_real_ravdess_48k_wav_is_resampled() -> None:
+    path = sorted((SHARED_DATA / "ravdess" / "Actor_01").glob("*.wav"))[0]
+    info = probe(path)
+    assert info.audio_rate == 48000
+    audio = decode_audio(path)
+    assert abs(len(audio) - info.duration * 16000) <= 2
+
+
+@needs_shared
+def test_real_mead_mp4_has_video_but_no_audio() -> None:
+    path = sorted((SHARED_DATA / "mead").glob("*.mp4"))[0]
+    info = probe(path)
+    frames = decode_video(path)
+    assert frames.shape[1:] == (256, 256, 3)
+    assert abs(len(frames) - info.duration * 25) <= 1
+    with pytest.raises(MediaError, match="no audio track"):
+        decode_audio(path)
