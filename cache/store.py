@@ -30,6 +30,7 @@ META_KEY = "avl_store"
 KEYS = "keys"
 INDEX_CHUNK_ROWS = 16384  # keys and offsets are read whole when a store is opened
 FLUSH_BYTES = 64 << 20
+FLUSH_CHUNKS = 1
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -222,7 +223,7 @@ class RaggedWriter:
             self._pending[name].append(array)
             self._pending_rows[name] += len(array)
             self._pending_bytes += array.nbytes
-        full = any(self._pending_rows[name] >= spec.chunk_rows for name, spec in self.fields.items())
+        full = any(self._pending_rows[name] >= FLUSH_CHUNKS * spec.chunk_rows for name, spec in self.fields.items())
         if full or self._pending_bytes >= FLUSH_BYTES:
             self.flush()
 

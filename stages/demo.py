@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.datasets.synthetic import SynthConfig, synthesize
+from pipeline.datasets.synthetic import GENERATOR_VERSION, SynthConfig, synthesize
 from stages import export_embeddings, prepare, train_student, train_teacher
 
 # Sizes: "small" is the demo (a few minutes on 2 CPU cores); "tiny" is for tests (seconds).
@@ -53,7 +53,8 @@ def _corpus(cfg: DemoConfig) -> Path:
     synth_cfg = config_io.build(SynthConfig, {**SIZES[cfg.size]["synth"], "seed": cfg.seed}, source="demo")
     recorded = root / "speakers.json"
     if recorded.exists():
-        if json.loads(recorded.read_text()).get("config") == asdict(synth_cfg):
+        made = json.loads(recorded.read_text())
+        if made.get("config") == asdict(synth_cfg) and made.get("generator_version") == GENERATOR_VERSION:
             tqdm.write(f"demo: reusing the corpus in {root} (same settings)")
             return root
         raise RuntimeError(f"{root}: holds a corpus made with other settings; remove it or pick another --work")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -186,6 +187,14 @@ def test_unreadable_files_raise_media_error(tmp_path: Path, content: bytes) -> N
         with pytest.raises(MediaError) as error:
             decode(path)
         assert str(error.value).startswith(str(path))
+
+
+def test_wav_without_samples_is_zero_length(tmp_path: Path) -> None:
+    path = tmp_path / "empty.wav"
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)  # PCM, mono, 16 kHz, 16-bit
+    path.write_bytes(b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", 0))
+    with pytest.raises(MediaError, match="zero-length audio"):
+        decode_audio(path)
 
 
 def test_missing_file_raises_media_error(tmp_path: Path) -> None:

@@ -51,6 +51,9 @@ _HAIR_COLOURS = np.array(
 )
 _IRIS_COLOURS = np.array([[0.3, 0.18, 0.08], [0.25, 0.45, 0.7], [0.3, 0.5, 0.3], [0.1, 0.08, 0.06]])
 
+# Bump when a change makes the same seed produce a different corpus (demo reuse checks it).
+GENERATOR_VERSION = 1
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -240,10 +243,10 @@ def _sample_voice(rng: np.random.Generator) -> Voice:
     return Voice(
         f0=_r(rng.uniform(90, 220), 1),
         formants=tuple(_r(f, 1) for f in formants),
-        bandwidths=(_r(rng.uniform(60, 110), 1), _r(rng.uniform(80, 150), 1), _r(rng.uniform(120, 220), 1)),
+        bandwidths=(_r(rng.uniform(70, 95), 1), _r(rng.uniform(100, 130), 1), _r(rng.uniform(150, 190), 1)),
         speaking_rate=_r(rng.uniform(3.0, 5.5), 2),
-        breathiness=_r(rng.uniform(0.03, 0.2)),
-        tilt=_r(rng.uniform(200, 600), 1),
+        breathiness=_r(rng.uniform(0.05, 0.12)),
+        tilt=_r(rng.uniform(300, 450), 1),
         jitter=_r(rng.uniform(0.005, 0.02)),
     )
 
@@ -741,4 +744,4 @@ def _trial_lines(rng: np.random.Generator, utterances: list[_Utterance], n_trial
 def _speakers_json(cfg: SynthConfig, speakers: list[_Speaker]) -> str:
     """Ground truth for documentation: the config and every speaker's face and voice parameters."""
     truth = {speaker.id: {key: value for key, value in asdict(speaker).items() if key != "id"} for speaker in speakers}
-    return json.dumps({"config": asdict(cfg), "speakers": truth}, indent=2)
+    return json.dumps({"generator_version": GENERATOR_VERSION, "config": asdict(cfg), "speakers": truth}, indent=2)
