@@ -19,7 +19,12 @@ class Hdf5Backend:
     name = "hdf5"
 
     def __init__(self, path: Path, mode: str) -> None:
-        self.file = h5py.File(path, mode, rdcc_nbytes=READ_CACHE_BYTES)
+        # HDF5 otherwise reuses the space of a chunk it rewrote for the next one, so a killed writer
+        # leaves the on-disk index pointing at overwritten bytes (seen in kill -9 tests); never
+        # reusing space keeps every committed chunk intact, at the cost of one stale copy of the
+        # last partial chunk per array per flush (under 1% of the file in a 128 MB test)
+        space = {"fs_strategy": "none"} if mode == "w" else {}
+        self.file = h5py.File(path, mode, rdcc_nbytes=READ_CACHE_BYTES, **space)
 
     @staticmethod
     def detect(path: Path) -> bool:
