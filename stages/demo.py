@@ -17,16 +17,16 @@ from stages import export_embeddings, prepare, train_student, train_teacher
 # Sizes: "small" is the demo (a few minutes on 2 CPU cores); "tiny" is for tests (seconds).
 SIZES = {
     "small": {
-        "synth": {},
-        "teacher": {"epochs": 6, "frames_per_utterance": 8, "batch_size": 16},
-        "student": {"epochs": 20, "batch_size": 16},
+        "synth": {"utterances_per_speaker": 32},
+        "teacher": {"epochs": 8, "frames_per_utterance": 8, "batch_size": 16},
+        "student": {"epochs": 24, "batch_size": 16, "lr_max": 2e-3},
     },
     "tiny": {
         "synth": {"n_speakers": 4, "n_verification_speakers": 2, "utterances_per_speaker": 8,
                   "videos_per_speaker": 2, "min_seconds": 1.2, "max_seconds": 3.0, "audio_noise": 0.1,
                   "frame_size": 64, "n_trials": 20},
         "teacher": {"epochs": 6, "frames_per_utterance": 8, "batch_size": 4, "lr_max": 3e-3},
-        "student": {"epochs": 8, "batch_size": 4, "crop_seconds": 2, "lr_max": 3e-3},
+        "student": {"epochs": 12, "batch_size": 4, "crop_seconds": 2, "lr_max": 2e-3},
     },
 }
 
