@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,3 +42,87 @@ def plot_history(history: list[dict], keys: tuple[str, ...], path, title: str) -
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+LAST_CHECKPOINT = "last.pt"
+FINISHED_MARKER = "metrics.json"
+
+
+def claim_output_dir(out: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Decide what to do with a training run directory; returns the checkpoint to resume from, if any.
+
+    A finished run is never silently replaced and an unfinished one never silently restarted.
+    """
+    last = out / LAST_CHECKPOINT
+    if overwrite:
+        for name in (LAST_CHECKPOINT, FINISHED_MARKER):
+            (out / name).unlink(missing_ok=True)
+        return None
+    if (out / FINISHED_MARKER).exists():
+        raise TrainingStateError(
+            f"{out}: holds a finished run ({FINISHED_MARKER}); pass --overwrite to replace it or --name for a new one"
+        )
+    if last.exists():
+        if resume:
+            return last
+        epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+        raise TrainingStateError(
+            f"{out}: holds an unfinished run (stopped after epoch {epoch}); pass --resume to continue it "
+            "or --overwrite to start again"
+        )
+    if resume:
+        raise TrainingStateError(f"{out}: nothing to resume ({LAST_CHECKPOINT} not found)")
+    return None
+
+
+def start_run(out: Path, cfg, resume: bool, overwrite: bool) -> Path | None:
+    """Claim `out` for a training run and write its resolved config; a resume must use the same settings."""
+    from pipeline import config as config_io
+
+    out.mkdir(parents=True, exist_ok=True)
+    resume_from = claim_output_dir(out, resume, overwrite)
+    saved = out / "config.toml"
+    if resume_from is not None and saved.exists():
+        ignored = {"resume", "overwrite", "num_workers", "device"}
+        before = {k: v for k, v in config_io.load(type(cfg), saved).__dict__.items() if k not in ignored}
+        now = {k: v for k, v in cfg.__dict__.items() if k not in ignored}
+        changed = sorted(k for k in now if before.get(k) != now[k])
+        if changed:
+            raise TrainingStateError(f"{out}: cannot resume with changed settings {changed}; use the saved config.toml")
+    config_io.save(cfg, saved)
+    return resume_from
+
+
+class TrainingStateError(RuntimeError):
+    """A run directory is in a state the requested action would damage; the message says what to do."""
+
+
+def save_training_state(path: Path, model: nn.Module, optimiser, scheduler, loader_generator: torch.Generator,
+                        epoch: int, history: list[dict]) -> None:
+    """Everything an interrupted run needs to continue exactly: weights, optimiser, schedule, RNG, epoch."""
+    from pipeline.runs import save_checkpoint
+
+    save_checkpoint(
+        {
+            "epoch": epoch,
+            "history": history,
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "loader_rng": loader_generator.get_state(),
+        },
+        path,
+    )
+
+
+def load_training_state(path: Path, model: nn.Module, optimiser, scheduler, loader_generator: torch.Generator
+                        ) -> tuple[int, list[dict]]:
+    """Restore a state saved by save_training_state; returns (last finished epoch, history so far)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    loader_generator.set_state(state["loader_rng"])
+    return state["epoch"], state["history"]

@@ -72,7 +72,10 @@ def results_table(rows: list[dict]) -> str:
 
 
 def run(cfg: DemoConfig) -> Path:
-    """Run the whole pipeline on a synthetic corpus; returns the work directory."""
+    """Run the whole pipeline on a synthetic corpus; returns the work directory.
+
+    A second run in the same work directory reuses the corpus and prepared stores and retrains the rest.
+    """
     started = time.perf_counter()
     size = SIZES[cfg.size]
     cfg.work.mkdir(parents=True, exist_ok=True)
@@ -83,9 +86,11 @@ def run(cfg: DemoConfig) -> Path:
     root = _corpus(cfg)
     prepare.run(config_io.build(prepare.PrepareConfig, {"root": root, **common}, "demo"))
     teacher_out = train_teacher.run(config_io.build(
-        train_teacher.TeacherConfig, {**common, "tiny": True, "device": cfg.device, "seed": cfg.seed, **size["teacher"]}, "demo"))
+        train_teacher.TeacherConfig, {**common, "tiny": True, "device": cfg.device, "seed": cfg.seed, "overwrite": True, **size["teacher"]},
+        "demo"))
     export_embeddings.run(config_io.build(
-        export_embeddings.ExportConfig, {"run_dir": run_dir, "device": cfg.device, "num_workers": 1}, "demo"))
+        export_embeddings.ExportConfig, {"run_dir": run_dir, "device": cfg.device, "num_workers": 1, "overwrite": True},
+        "demo"))
 
     teacher_metrics = runs.read_json(teacher_out / "metrics.json")
     rows = [{"model": "video teacher (frames)", "lambda": None,
@@ -94,7 +99,8 @@ def run(cfg: DemoConfig) -> Path:
     for lam in cfg.lambdas:
         student_out = train_student.run(config_io.build(
             train_student.StudentConfig,
-            {**common, "tiny": True, "lam": lam, "device": cfg.device, "seed": cfg.seed, **size["student"]}, "demo"))
+            {**common, "tiny": True, "lam": lam, "device": cfg.device, "seed": cfg.seed, "overwrite": True,
+             **size["student"]}, "demo"))
         metrics = runs.read_json(student_out / "metrics.json")
         verification = metrics["verification"] or {}
         rows.append({"model": "audio student", "lambda": lam, "accuracy": metrics["identification"]["top1"],

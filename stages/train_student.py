@@ -26,7 +26,14 @@ from pipeline.features import (
 from pipeline.manifest import Entry, read_classes, read_manifest, read_trials
 from pipeline.models.students import STUDENTS, StudentSpec, build_student
 from pipeline.runs import find_store
-from pipeline.training import adam_with_cyclic_lr, plot_history
+from pipeline.training import (
+    LAST_CHECKPOINT,
+    adam_with_cyclic_lr,
+    load_training_state,
+    plot_history,
+    save_training_state,
+    start_run,
+)
 
 METHODS = ("proposed",)
 TARGETS = ("crop-peak", "utterance-peak")
@@ -54,6 +61,8 @@ class StudentConfig:
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"
+    resume: bool = False  # continue an interrupted run from its last epoch checkpoint
+    overwrite: bool = False  # replace a finished or unfinished run of the same name
     name: str | None = None
     expect_teacher: str | None = None  # fingerprint (or prefix) the cache must have been made by
 
@@ -171,8 +180,7 @@ def run(cfg: StudentConfig) -> Path:
     run_dir = cfg.resolved_run_dir
     prepared = runs.prepare_dir(run_dir)
     out = runs.students_dir(run_dir) / cfg.run_name
-    out.mkdir(parents=True, exist_ok=True)
-    config_io.save(cfg, out / "config.toml")
+    resume_from = start_run(out, cfg, cfg.resume, cfg.overwrite)
     runs.seed_everything(cfg.seed)
     device = runs.resolve_device(cfg.device)
 
@@ -193,21 +201,26 @@ def run(cfg: StudentConfig) -> Path:
 
     spec = StudentSpec(cfg.arch, cfg.tiny, len(classes), embed_dim)
     model = build_student(spec).to(device)
+    # Workers are re-created each epoch from loader_generator, so a resumed run draws the same crops.
+    loader_generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
         _Crops(train, [class_index[e.label] for e in train], spectrogram_path, cache_path, cfg.crop_seconds, cfg.target),
         batch_size=cfg.batch_size,
         shuffle=True,
         drop_last=len(train) > cfg.batch_size,
         num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
         pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(cfg.seed),
+        generator=loader_generator,
     )
     optimiser, scheduler = adam_with_cyclic_lr(model, cfg.lr_min, cfg.lr_max, len(loader), cfg.cycle_epochs)
     val = by_split["val"] or by_split["test"]
-    history = []
-    started = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    history, first_epoch = [], 1
+    if resume_from is not None:
+        finished_epoch, history = load_training_state(resume_from, model, optimiser, scheduler, loader_generator)
+        first_epoch = finished_epoch + 1
+        tqdm.write(f"{out}: resuming after epoch {finished_epoch}")
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        epoch_started = time.perf_counter()
         model.train()
         sums = {"loss": 0.0, "cross_entropy": 0.0, "distance": 0.0}
         hits = seen = 0
@@ -225,7 +238,9 @@ def run(cfg: StudentConfig) -> Path:
             seen += len(labels)
         row = {"epoch": epoch, **{name: value / seen for name, value in sums.items()}, "train_accuracy": hits / seen}
         row["val_accuracy"] = identification(model, spectrograms, val, class_index, device)["top1"]
+        row["seconds"] = time.perf_counter() - epoch_started
         history.append(row)
+        save_training_state(out / LAST_CHECKPOINT, model, optimiser, scheduler, loader_generator, epoch, history)
         tqdm.write(f"student {cfg.run_name} epoch {epoch}: loss {row['loss']:.3f} "
                    f"(CE {row['cross_entropy']:.3f}, D {row['distance']:.4f}) val acc {row['val_accuracy']:.3f}")
 
@@ -243,7 +258,7 @@ def run(cfg: StudentConfig) -> Path:
         "cache": str(cache_path) if cache_path else None,
         "identification": identification(model, spectrograms, by_split["test"], class_index, device),
         "verification": verification(model, spectrograms, trials, device),
-        "train_seconds": time.perf_counter() - started,
+        "train_seconds": sum(row["seconds"] for row in history),
         "history": history,
     }
     spectrogram_params = spectrograms.attrs["spectrogram"]
@@ -255,6 +270,7 @@ def run(cfg: StudentConfig) -> Path:
         out / "student.pt",
     )
     runs.write_json(out / "metrics.json", metrics)
+    (out / LAST_CHECKPOINT).unlink()  # the run is finished: its weights live in the final checkpoint
     plot_history(history, ("loss", "cross_entropy", "distance", "val_accuracy"), out / "history.png", cfg.run_name)
     verification_text = (f", EER {metrics['verification']['eer']:.3f}" if metrics["verification"] else "")
     tqdm.write(f"train-student {cfg.run_name}: test accuracy {metrics['identification']['top1']:.3f}"

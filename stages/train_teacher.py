@@ -17,7 +17,14 @@ from pipeline import runs
 from pipeline.manifest import read_classes, read_manifest
 from pipeline.models.teachers import TEACHERS, TeacherSpec, build_teacher
 from pipeline.runs import find_store
-from pipeline.training import adam_with_cyclic_lr, plot_history
+from pipeline.training import (
+    LAST_CHECKPOINT,
+    adam_with_cyclic_lr,
+    load_training_state,
+    plot_history,
+    save_training_state,
+    start_run,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class TeacherConfig:
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"
+    resume: bool = False  # continue an interrupted run from its last epoch checkpoint
+    overwrite: bool = False  # replace a finished or unfinished run of the same name
     init_weights: Path | None = None
 
     def validate(self) -> None:
@@ -99,8 +108,7 @@ def run(cfg: TeacherConfig) -> Path:
     run_dir = cfg.resolved_run_dir
     prepared = runs.prepare_dir(run_dir)
     out = runs.teacher_dir(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config_io.save(cfg, out / "config.toml")
+    resume_from = start_run(out, cfg, cfg.resume, cfg.overwrite)
     runs.seed_everything(cfg.seed)
     device = runs.resolve_device(cfg.device)
 
@@ -121,6 +129,8 @@ def run(cfg: TeacherConfig) -> Path:
     model.to(device)
 
     train = by_split["train"]
+    # Workers are re-created each epoch from loader_generator, so a resumed run draws the same crops.
+    loader_generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
         _RandomFrames(store_path, [e.key for e in train], [class_index[e.label] for e in train], cfg.frames_per_utterance),
         batch_size=cfg.batch_size,
@@ -128,15 +138,18 @@ def run(cfg: TeacherConfig) -> Path:
         drop_last=len(train) > cfg.batch_size,
         num_workers=cfg.num_workers,
         collate_fn=_collate,
-        persistent_workers=cfg.num_workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed),
+        generator=loader_generator,
     )
     optimiser, scheduler = adam_with_cyclic_lr(model, cfg.lr_min, cfg.lr_max, len(loader), cfg.cycle_epochs)
     store = open_store(store_path)
     val = by_split["val"] or by_split["test"]
-    history = []
-    started = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    history, first_epoch = [], 1
+    if resume_from is not None:
+        finished_epoch, history = load_training_state(resume_from, model, optimiser, scheduler, loader_generator)
+        first_epoch = finished_epoch + 1
+        tqdm.write(f"{out}: resuming after epoch {finished_epoch}")
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        epoch_started = time.perf_counter()
         model.train()
         losses, hits, seen = [], 0, 0
         for frames, labels in tqdm(loader, desc=f"teacher epoch {epoch}/{cfg.epochs}", unit="batch", leave=False):
@@ -153,7 +166,9 @@ def run(cfg: TeacherConfig) -> Path:
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "train_frame_accuracy": hits / seen}
         row.update({f"val_{k}": v for k, v in evaluate_teacher(
             model, store, [e.key for e in val], [class_index[e.label] for e in val], device).items()})
+        row["seconds"] = time.perf_counter() - epoch_started
         history.append(row)
+        save_training_state(out / LAST_CHECKPOINT, model, optimiser, scheduler, loader_generator, epoch, history)
         tqdm.write(f"teacher epoch {epoch}: loss {row['loss']:.3f}  val utterance acc {row['val_utterance_accuracy']:.3f}")
 
     test = by_split["test"]
@@ -172,10 +187,11 @@ def run(cfg: TeacherConfig) -> Path:
         "tiny": cfg.tiny,
         "parameters": sum(p.numel() for p in model.parameters()),
         "test": test_metrics,
-        "train_seconds": time.perf_counter() - started,
+        "train_seconds": sum(row["seconds"] for row in history),
         "history": history,
     }
     runs.write_json(out / "metrics.json", metrics)
+    (out / LAST_CHECKPOINT).unlink()  # the run is finished: its weights live in the final checkpoint
     plot_history(history, ("loss", "train_frame_accuracy", "val_utterance_accuracy"), out / "history.png", "teacher")
     tqdm.write(
         f"train-teacher: test utterance accuracy {test_metrics['utterance_accuracy']:.3f}, "
