@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 # Tolerance for float timestamps: 2 s at 25 fps must give 50 frames, not 49.
 _TIME_EPS = 1e-6
+# Containers without a seek index whose timestamps FFmpeg misassigns after a seek (see _decode_from).
+_DECODE_FROM_START = frozenset({"mpeg", "mpegts", "mpegvideo"})
 
 
 class MediaError(ValueError):
@@ -78,69 +80,192 @@ def _container_duration(container: av.container.InputContainer, stream: av.strea
     return 0.0
 
 
-def decode_audio(path: Path | str, sample_rate: int = 16000) -> np.ndarray:
-    """Decode the first audio stream to float32 mono in [-1, 1] at `sample_rate`, shape (n,)."""
+def decode_audio(
+    path: Path | str, sample_rate: int = 16000, start: float | None = None, end: float | None = None
+) -> np.ndarray:
+    """Decode the first audio stream to float32 mono in [-1, 1] at `sample_rate`, shape (n,).
+
+    With `start` and/or `end` (seconds from the start of the file) only [start, end) is returned: the
+    decoder seeks to just before `start` and the samples are trimmed by timestamp.
+    """
+    ranged = start is not None or end is not None
+    if ranged:
+        start, end = _check_range(path, start, end)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
     chunks: list[np.ndarray] = []
+    first_time = None  # time of the first decoded frame, seconds from the file's start
     with _open(path) as container:
         if not container.streams.audio:
             raise MediaError(f"{path}: no audio track")
         stream = container.streams.audio[0]
+        origin = _origin(container)
         try:
-            for frame in container.decode(stream):
+            decoded = _decode_from(container, stream, origin + start) if ranged else container.decode(stream)
+            for frame in decoded:
+                if ranged:
+                    if frame.time is None:
+                        raise MediaError(f"{path}: audio frames carry no timestamps; cannot cut [{start}, {end})")
+                    if first_time is None:
+                        first_time = frame.time - origin
+                    if frame.time - origin >= end:
+                        break
                 chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
             # The resampler buffers a few samples of filter delay: flushing returns them.
             chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
         except av.FFmpegError as error:
             raise MediaError(f"{path}: cannot decode (corrupt or truncated): {error}") from error
-    if not chunks or sum(len(chunk) for chunk in chunks) == 0:
-        raise MediaError(f"{path}: zero-length audio")
-    audio = np.concatenate(chunks).astype(np.float32, copy=False)
+    audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    if ranged and first_time is not None:
+        count = round((end - start) * sample_rate) if math.isfinite(end) else None
+        audio = _trim_samples(audio, round((start - first_time) * sample_rate), count)
+    if len(audio) == 0:
+        where = f" in [{start}, {end})" if ranged else ""
+        raise MediaError(f"{path}: zero-length audio{where}")
     # Float decoders (AAC) can overshoot full scale slightly; the contract is [-1, 1].
     return np.clip(audio, -1.0, 1.0, out=audio)
 
 
-def decode_video(path: Path | str, fps: float = 25.0) -> np.ndarray:
-    """Decode the first video stream to uint8 RGB (T, H, W, 3), resampled by timestamp to exactly `fps`."""
+def _check_range(path: Path | str, start: float | None, end: float | None) -> tuple[float, float]:
+    """A time range as (start, end) seconds; an empty or negative range is a MediaError naming the file."""
+    start = 0.0 if start is None else float(start)
+    end = math.inf if end is None else float(end)
+    if start < 0 or not end > start:
+        raise MediaError(f"{path}: empty or negative time range [{start}, {end})")
+    return start, end
+
+
+def _origin(container: av.container.InputContainer) -> float:
+    """The file's time zero in stream time, seconds: what `start` and `end` are measured from."""
+    return container.start_time / av.time_base if container.start_time is not None else 0.0
+
+
+def _decode_from(
+    container: av.container.InputContainer, stream: av.stream.Stream, seconds: float
+) -> Iterator[av.AudioFrame | av.VideoFrame]:
+    """Decoded frames of `stream` from the last keyframe at or before `seconds` (stream time) onwards.
+
+    Demuxers seek by keyframe index where they have one (mp4, avi) but by byte estimate where they do
+    not (MPEG-PS): when the first frame lands after `seconds`, seek again further back, at last from
+    the beginning. A seek can also land inside a packet, whose decode error is skipped. MPEG program
+    and transport streams are decoded from the beginning instead: after a seek there, FFmpeg's MPEG-1/2
+    decoders stamp frames one frame late.
+    """
+    if container.format.name in _DECODE_FROM_START:
+        yield from container.decode(stream)
+        return
+    for backoff in (0.0, 1.0, 5.0, None):
+        target = None if backoff is None else seconds - backoff
+        if target is None or target <= 0 or stream.time_base is None:
+            container.seek(0)
+        else:
+            container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+        frames = _frames_after_seek(container, stream)
+        first = next(frames, None)
+        if first is None:
+            return
+        if target is None or target <= 0 or first.time is None or first.time <= seconds + _TIME_EPS:
+            yield first
+            yield from frames
+            return
+        frames.close()
+
+
+def _frames_after_seek(
+    container: av.container.InputContainer, stream: av.stream.Stream
+) -> Iterator[av.AudioFrame | av.VideoFrame]:
+    """Decode `stream` from the demuxer's position, skipping undecodable packets before the first frame."""
+    decoded_any = False
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.InvalidDataError:
+            if decoded_any:
+                raise
+            continue  # the seek landed inside a packet
+        for frame in frames:
+            decoded_any = True
+            yield frame
+
+
+def _trim_samples(audio: np.ndarray, offset: int, count: int | None) -> np.ndarray:
+    """audio[offset : offset + count]; a negative offset (decoding began after `start`) pads silence in front."""
+    if offset < 0:
+        audio = np.concatenate([np.zeros(-offset, dtype=audio.dtype), audio])
+        offset = 0
+    return audio[offset:] if count is None else audio[offset : offset + count]
+
+
+def decode_video(
+    path: Path | str, fps: float = 25.0, start: float | None = None, end: float | None = None
+) -> np.ndarray:
+    """Decode the first video stream to uint8 RGB (T, H, W, 3), resampled by timestamp to exactly `fps`.
+
+    With `start` and/or `end` (seconds from the start of the file) output frame i shows the source frame
+    on screen at start + i/fps, for start + i/fps < end; the decoder seeks to the keyframe before `start`.
+    """
+    ranged = start is not None or end is not None
+    if ranged:
+        start, end = _check_range(path, start, end)
     with _open(path) as container:
         if not container.streams.video:
             raise MediaError(f"{path}: no video track")
         # No frame threading: per-file decode is faster without it, and loader workers parallelise files.
         stream = container.streams.video[0]
         try:
-            frames = _resample_frames(container.decode(stream), stream, fps)
+            if ranged:
+                origin = _origin(container)
+                decoded = _decode_from(container, stream, origin + start)
+                frames = _resample_frames(decoded, stream, fps, origin + start, end - start)
+            else:
+                frames = _resample_frames(container.decode(stream), stream, fps)
         except av.FFmpegError as error:
             raise MediaError(f"{path}: cannot decode (corrupt or truncated): {error}") from error
     if not frames:
-        raise MediaError(f"{path}: zero video frames")
+        where = f" in [{start}, {end})" if ranged else ""
+        raise MediaError(f"{path}: zero video frames{where}")
     return np.stack(frames)
 
 
 def _resample_frames(
-    decoded: Iterable[av.VideoFrame], stream: av.video.stream.VideoStream, fps: float
+    decoded: Iterable[av.VideoFrame],
+    stream: av.video.stream.VideoStream,
+    fps: float,
+    origin: float | None = None,
+    duration: float = math.inf,
 ) -> list[np.ndarray]:
-    """Output frame i = the latest source frame with time <= i/fps; converts only frames that are shown."""
+    """Output frame i = the latest source frame with time <= origin + i/fps, for i/fps < duration.
+
+    `origin` None means the first decoded frame's time. Converts only frames that are shown.
+    """
     nominal_rate = stream.average_rate or stream.guessed_rate
     nominal_period = 1.0 / float(nominal_rate) if nominal_rate else 1.0 / fps
+    limit = math.ceil(duration * fps - _TIME_EPS) if math.isfinite(duration) else None
     out: list[np.ndarray] = []
-    previous = None  # (frame, time relative to the first frame)
-    start = None
+    previous = None  # (frame, time relative to the origin)
     for index, frame in enumerate(decoded):
         time = frame.time if frame.time is not None else index * nominal_period
-        start = time if start is None else start
-        time = time - start
+        origin = time if origin is None else origin
+        time = time - origin
         if previous is not None:
             # The decoder returns presentation order; clamping guards against broken timestamps.
             time = max(time, previous[1])
             # Every output index i with i/fps < time shows the previous frame.
-            _emit(out, previous[0], total=math.ceil(time * fps - _TIME_EPS))
+            _emit(out, previous[0], total=_bounded(math.ceil(time * fps - _TIME_EPS), limit))
+        if limit is not None and time >= duration:
+            return out  # this frame starts at or after the end of the range
         previous = (frame, time)
     if previous is None:
         return out
     last_frame, last_time = previous
     total = math.floor((last_time + _frame_duration(last_frame, nominal_period)) * fps + _TIME_EPS)
+    total = _bounded(total, limit)
     _emit(out, last_frame, total=total)
     return out[:total]
+
+
+def _bounded(total: int, limit: int | None) -> int:
+    """`total` capped at `limit` when there is one."""
+    return total if limit is None else min(total, limit)
 
 
 def _frame_duration(frame: av.VideoFrame, fallback: float) -> float:
@@ -170,8 +295,89 @@ def centre_crop_resize(frames: np.ndarray, crop_fraction: float, size: int) -> n
     crop = np.ascontiguousarray(frames[:, top : top + side, left : left + side])
     # A (T, H, W, 3) buffer viewed as (T, 3, H, W) is channels-last: torch's fast uint8 antialias kernel.
     channels_last = torch.from_numpy(crop).permute(0, 3, 1, 2)
-    resized = F.interpolate(channels_last, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return np.ascontiguousarray(resized.permute(0, 2, 3, 1).numpy())
+    return np.ascontiguousarray(_resize(channels_last, size).permute(0, 2, 3, 1).numpy())
+
+
+def _resize(crops: torch.Tensor, size: int) -> torch.Tensor:
+    """(T, 3, h, w) uint8 channels-last view → (T, 3, size, size) uint8, bilinear with antialiasing."""
+    return F.interpolate(crops, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def crop_boxes(frames: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Crop frame t around boxes[t] = (x0, y0, x1, y1) pixels and resize to (T, size, size, 3) uint8.
+
+    Each box is widened to a square of side max(width, height) about its centre (capped at the
+    frame's shorter side) and moved inside the frame, so faces keep their aspect ratio.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3), got {frames.shape}")
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.shape != (len(frames), 4):
+        raise ValueError(f"boxes must be ({len(frames)}, 4) for {len(frames)} frames, got {boxes.shape}")
+    if not np.isfinite(boxes).all() or (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
+        raise ValueError("every box needs finite x0 < x1 and y0 < y1")
+    _, height, width, _ = frames.shape
+    side = np.clip(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 1, min(height, width))
+    side = np.round(side).astype(int)
+    left = np.round((boxes[:, 0] + boxes[:, 2]) / 2 - side / 2).astype(int)
+    top = np.round((boxes[:, 1] + boxes[:, 3]) / 2 - side / 2).astype(int)
+    left, top = np.clip(left, 0, width - side), np.clip(top, 0, height - side)
+    out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
+    # Boxes differ in size, so each frame is resized alone (torch has no ragged batch resize for uint8).
+    for index, (x, y, s) in enumerate(zip(left.tolist(), top.tolist(), side.tolist())):
+        crop = torch.from_numpy(np.ascontiguousarray(frames[index : index + 1, y : y + s, x : x + s]))
+        out[index] = _resize(crop.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1).numpy()[0]
+    return out
+
+
+def read_boxes(path: Path | str, n_frames: int) -> np.ndarray:
+    """Per-frame face boxes (n_frames, 4) x0 y0 x1 y1 in pixels, one per output frame at 25 fps.
+
+    The file is a .npy array (T, 4) or text with four numbers per line (commas or spaces, `#`
+    comments); T may exceed n_frames (the utterance was cut to the shorter stream), never fall short.
+    """
+    path = Path(path)
+    try:
+        boxes = np.load(path, allow_pickle=False) if path.suffix == ".npy" else _box_rows(path, path.read_text())
+    except MediaError:
+        raise
+    except (OSError, ValueError) as error:
+        raise MediaError(f"{path}: cannot read face boxes: {error}") from error
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise MediaError(f"{path}: face boxes must be an array (T, 4), got shape {boxes.shape}")
+    if len(boxes) < n_frames:
+        raise MediaError(f"{path}: {len(boxes)} face boxes for {n_frames} video frames")
+    boxes = boxes[:n_frames].astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(boxes).all(1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+    if len(bad):
+        raise MediaError(f"{path}: box {bad[0]} is not x0 < x1, y0 < y1: {boxes[bad[0]].tolist()}")
+    return boxes
+
+
+def _box_rows(path: Path, text: str) -> np.ndarray:
+    """(T, 4) boxes from text lines of four numbers; a bad line is a MediaError naming file:line."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].replace(",", " ").strip()
+        if not line:
+            continue
+        try:
+            values = [float(value) for value in line.split()]
+        except ValueError:
+            values = []
+        if len(values) != 4:
+            raise MediaError(f"{path}:{number}: expected 4 numbers 'x0 y0 x1 y1', got {line!r}")
+        rows.append(values)
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def face_crops(
+    frames: np.ndarray, size: int, crop_fraction: float = 1.0, boxes_path: Path | str | None = None
+) -> np.ndarray:
+    """(T, size, size, 3) face crops: by the per-frame boxes in `boxes_path` when given, else centre crops."""
+    if boxes_path is None:
+        return centre_crop_resize(frames, crop_fraction, size)
+    return crop_boxes(frames, read_boxes(boxes_path, len(frames)), size)
 
 
 def load_audio_visual(
@@ -179,10 +385,22 @@ def load_audio_visual(
     audio_path: Path | str | None = None,
     sample_rate: int = 16000,
     fps: float = 25.0,
+    start: float | None = None,
+    end: float | None = None,
+    cut_audio: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode frames and audio and cut both to the shorter stream: (audio (T*sample_rate/fps,), frames (T,H,W,3))."""
-    frames = decode_video(video_path, fps=fps)
-    audio = decode_audio(audio_path if audio_path is not None else video_path, sample_rate=sample_rate)
+    """Decode frames and audio and cut both to the shorter stream: (audio (T*sample_rate/fps,), frames (T,H,W,3)).
+
+    `start`/`end` (seconds) cut [start, end) out of the video file, and out of the audio when it is the
+    same file. A separate `audio_path` is taken whole from its beginning, aligned with `start`: it is
+    the utterance's own recording (IEMOCAP's sentence wavs). `cut_audio` overrides that choice.
+    """
+    frames = decode_video(video_path, fps=fps, start=start, end=end)
+    same_file = audio_path is None or Path(audio_path) == Path(video_path)
+    if same_file if cut_audio is None else cut_audio:
+        audio = decode_audio(audio_path or video_path, sample_rate=sample_rate, start=start, end=end)
+    else:
+        audio = decode_audio(audio_path, sample_rate=sample_rate)
     samples_per_frame = sample_rate / fps
     count = min(len(frames), int(len(audio) // samples_per_frame))
     if count == 0:

@@ -13,10 +13,13 @@ import pytest
 from pipeline.media import (
     MediaError,
     centre_crop_resize,
+    crop_boxes,
     decode_audio,
     decode_video,
+    face_crops,
     load_audio_visual,
     probe,
+    read_boxes,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -247,3 +250,151 @@ def test_real_mead_mp4_has_video_but_no_audio() -> None:
     assert abs(len(frames) - info.duration * 25) <= 1
     with pytest.raises(MediaError, match="no audio track"):
         decode_audio(path)
+
+
+# ---- time ranges: seeking, then trimming by timestamp --------------------------------------------
+
+
+@pytest.mark.parametrize(("start", "end"), [(0.0, 0.4), (0.72, 1.2), (1.6, 2.0), (1.4, None)])
+def test_mp4_range_matches_the_whole_decode(tmp_path: Path, start: float, end: float | None) -> None:
+    path = _write_mp4(tmp_path / "a.mp4", seconds=2.0)
+    whole = decode_video(path)
+    cut = decode_video(path, start=start, end=end)
+    first, last = round(start * 25), round((end or 2.0) * 25)
+    assert np.array_equal(cut, whole[first:last])
+
+
+def _write_noise_av(path: Path, container_format: str, video_codec: str, audio_codec: str) -> Path:
+    """3 s of 25 fps frames with grey level = frame index, and 44.1 kHz white noise (not periodic, unlike a tone)."""
+    sample_rate, seconds, fps = 44100, 3.0, 25
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, round(seconds * sample_rate)).astype(np.float32)
+    with av.open(str(path), "w", format=container_format) as container:
+        audio = container.add_stream(audio_codec, rate=sample_rate, layout="mono")
+        video = container.add_stream(video_codec, rate=fps)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        frame = av.AudioFrame.from_ndarray(noise[None], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = sample_rate, 0
+        container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+        for index in range(round(seconds * fps)):
+            image = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 2 * index, dtype=np.uint8), format="rgb24")
+            image.pts, image.time_base = index, Fraction(1, fps)
+            container.mux(video.encode(image))
+        container.mux(video.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "container_format", "video_codec", "audio_codec"),
+    [("v.avi", "avi", "mpeg4", "mp2"), ("v.mpg", "mpeg", "mpeg1video", "mp2"), ("v.mp4", "mp4", "libx264", "aac")],
+)
+def test_range_cut_keeps_audio_and_video_aligned(
+    tmp_path: Path, name: str, container_format: str, video_codec: str, audio_codec: str
+) -> None:
+    path = _write_noise_av(tmp_path / name, container_format, video_codec, audio_codec)
+    whole_audio, whole_frames = load_audio_visual(path)
+    audio, frames = load_audio_visual(path, start=1.5, end=2.1)
+    assert len(frames) == 15 and len(audio) == 15 * 640
+    # The frame on screen at 1.5 s is source frame 37 (grey level 74); MPEG-PS may start its video
+    # a few milliseconds after its audio, which shows one frame earlier.
+    assert np.array_equal(frames, whole_frames[37:52]) or np.array_equal(frames, whole_frames[36:51])
+    # The cut starts where the whole decode's sample 24000 is (1.5 s at 16 kHz).
+    lag = int(np.argmax(np.correlate(whole_audio[23800:25000], audio[:800], mode="valid")))
+    assert abs(lag - 200) <= 16, lag  # within 1 ms
+
+
+def test_range_of_a_30_fps_avi_is_resampled_by_timestamp(tmp_path: Path) -> None:
+    path = tmp_path / "v30.avi"
+    with av.open(str(path), "w", format="avi") as container:
+        video = container.add_stream("mpeg4", rate=30)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        for index in range(120):  # 4 s, grey level 2 * frame index, keyframes every 12 frames
+            image = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 2 * index, dtype=np.uint8), format="rgb24")
+            image.pts, image.time_base = index, Fraction(1, 30)
+            container.mux(video.encode(image))
+        container.mux(video.encode(None))
+    with av.open(str(path)) as container:
+        source = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    frames = decode_video(path, start=2.5, end=3.0)
+    assert len(frames) == 13  # output times 2.5, 2.54, ..., 2.98
+    for index, frame in enumerate(frames):  # the latest source frame at each output time
+        assert np.array_equal(frame, source[int((2.5 + index / 25) * 30 + 1e-9)])
+
+
+def test_wav_range_is_sample_exact(tmp_path: Path) -> None:
+    path = tmp_path / "ramp.wav"
+    ramp = (np.arange(48000 * 2) / (48000 * 2) * 0.9 * 32767).astype(np.int16)  # 2 s, 48 kHz, 0 → 0.9
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=48000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(ramp[None], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48000, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    audio = decode_audio(path, start=0.5, end=1.5)
+    assert len(audio) == 16000
+    assert audio[100] == pytest.approx(0.9 * (0.5 + 100 / 16000) / 2, abs=2e-3)
+    assert audio[-100] == pytest.approx(0.9 * (1.5 - 100 / 16000) / 2, abs=2e-3)
+    assert len(decode_audio(path, start=1.5)) == 8000
+
+
+def test_separate_audio_is_not_cut_unless_asked(tmp_path: Path) -> None:
+    video = _write_mp4(tmp_path / "v.mp4", seconds=3.0, sample_rate=None)
+    sentence = _write_wav(tmp_path / "turn.wav", seconds=0.8, sample_rate=16000, channels=1)
+    audio, frames = load_audio_visual(video, sentence, start=1.0, end=2.0)
+    assert len(frames) == 20 and len(audio) == 20 * 640  # the 0.8 s sentence bounds the 1 s cut
+    assert abs(int(frames[0, 16, 16, 0]) - 200) <= 3  # frame 25
+    cut_audio, _ = load_audio_visual(video, sentence, start=0.5, end=2.0, cut_audio=True)
+    assert len(cut_audio) == 7 * 640  # only 0.3 s of the wav lies after 0.5 s: 7 whole 40 ms frames
+
+
+@pytest.mark.parametrize(("start", "end"), [(2.5, 3.0), (1.0, 1.0), (1.0, 0.5), (-1.0, 1.0)])
+def test_empty_ranges_raise_naming_the_file(tmp_path: Path, start: float, end: float) -> None:
+    path = _write_mp4(tmp_path / "a.mp4", seconds=2.0)
+    with pytest.raises(MediaError) as error:
+        load_audio_visual(path, start=start, end=end)
+    assert str(error.value).startswith(str(path))
+
+
+# ---- per-frame face boxes ------------------------------------------------------------------------
+
+
+def test_crop_boxes_follows_a_moving_face() -> None:
+    frames = np.zeros((3, 60, 80, 3), dtype=np.uint8)
+    boxes = np.array([[5, 5, 25, 25], [40, 20, 60, 40], [58, 38, 78, 58]], dtype=float)
+    for index, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+        frames[index, y0:y1, x0:x1] = 200
+    crops = crop_boxes(frames, boxes, size=16)
+    assert crops.shape == (3, 16, 16, 3) and crops.min() == 200
+
+
+def test_crop_boxes_squares_and_moves_boxes_inside_the_frame() -> None:
+    frames = np.zeros((1, 40, 60, 3), dtype=np.uint8)
+    frames[0, :20, 50:] = 255  # top-right corner patch, 10 wide and 20 high
+    crops = crop_boxes(frames, np.array([[50, -5, 70, 15]], dtype=float), size=20)  # half outside
+    # A 20 px square shifted inside: columns 40-60, rows 0-20; the right half is the patch.
+    assert crops[0, 10, 15, 0] == 255 and crops[0, 10, 4, 0] == 0
+
+
+def test_read_boxes_text_and_npy(tmp_path: Path) -> None:
+    text = tmp_path / "a.txt"
+    text.write_text("# x0 y0 x1 y1\n1, 2, 11, 12\n3 4 13 14\n5 6 15 16\n")
+    assert read_boxes(text, 2).tolist() == [[1, 2, 11, 12], [3, 4, 13, 14]]
+    np.save(tmp_path / "b.npy", np.array([[0, 0, 8, 8]] * 4, dtype=np.float32))
+    frames = np.zeros((4, 16, 16, 3), dtype=np.uint8)
+    assert face_crops(frames, 8, boxes_path=tmp_path / "b.npy").shape == (4, 8, 8, 3)
+    assert face_crops(frames, 8).shape == (4, 8, 8, 3)  # centre crop without boxes
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [("1 2 11 12\n3 4 13\n", r"a\.txt:2: expected 4 numbers"), ("1 2 11 12\n", "1 face boxes for 2 video frames"),
+     ("1 2 11 12\n9 9 3 20\n", "box 1 is not x0 < x1")],
+)
+def test_bad_boxes_files_raise_naming_the_file(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text(content)
+    with pytest.raises(MediaError, match=problem) as error:
+        read_boxes(path, 2)
+    assert str(error.value).startswith(str(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,60 @@ def test_adapter_checks_trial_keys(tmp_path: Path) -> None:
 
     (tmp_path / "veri_test.txt").unlink()
     assert VoxCeleb(tmp_path).trials() == []
+
+
+def _tree(root: Path, speakers: dict[str, int]) -> None:
+    """`count` empty mp4s per speaker (scanning never opens them)."""
+    for speaker, count in speakers.items():
+        _touch(root, *(f"mp4/{speaker}/vid{index % 3}/{index:05d}.mp4" for index in range(count)))
+
+
+def test_70_10_20_split_per_speaker_is_seeded(tmp_path: Path) -> None:
+    _tree(tmp_path, {"id10001": 20, "id10002": 10, "id10003": 1})
+    (tmp_path / "iden_split.txt").write_text("3 id10001/vid0/00000.wav\n")  # ignored by this protocol
+    dataset = VoxCeleb(tmp_path, split="70-10-20", seed=3)
+    utterances = dataset.utterances()
+    counts = Counter((u.label, u.split) for u in utterances)
+    assert (counts[("id10001", "train")], counts[("id10001", "val")], counts[("id10001", "test")]) == (14, 2, 4)
+    assert (counts[("id10002", "train")], counts[("id10002", "val")], counts[("id10002", "test")]) == (7, 1, 2)
+    assert counts[("id10003", "train")] == 1
+    assert dataset.classes() == ["id10001", "id10002", "id10003"]
+    assert [u.split for u in VoxCeleb(tmp_path, split="70-10-20", seed=3).utterances()] == [u.split for u in utterances]
+    assert [u.split for u in VoxCeleb(tmp_path, split="70-10-20", seed=4).utterances()] != [u.split for u in utterances]
+    # A new speaker leaves the others' splits as they were.
+    _tree(tmp_path, {"id10004": 5})
+    again = {u.key: u.split for u in VoxCeleb(tmp_path, split="70-10-20", seed=3).utterances()}
+    assert all(again[u.key] == u.split for u in utterances)
+
+    summary = dataset.describe()
+    assert summary["split"] == "70-10-20" and summary["seed"] == 3 and summary["split_file"] is None
+    assert summary["counts"]["by_split"] == {"test": 6, "train": 22, "val": 3}
+
+
+def test_split_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="split must be one of official, 70-10-20"):
+        VoxCeleb(tmp_path, split="80-20")
+    with pytest.raises(DatasetError, match="applies to split='official' only"):
+        VoxCeleb(tmp_path, split_file=tmp_path / "iden_split.txt", split="70-10-20")
+
+
+def test_audio_only_utterances_need_audio_only_ok(tmp_path: Path) -> None:
+    _touch(tmp_path, "wav/id10001/vidA/00001.wav", "wav/id10001/vidA/00002.wav")
+    with pytest.raises(DatasetError, match="2 utterances with audio only and no video") as error:
+        VoxCeleb(tmp_path).utterances()
+    assert str(error.value).startswith(str(tmp_path)) and "audio_only_ok" in str(error.value)
+    assert len(VoxCeleb(tmp_path, audio_only_ok=True).utterances()) == 2
+    _touch(tmp_path, "mp4/id10001/vidA/00003.mp4")
+    dataset = VoxCeleb(tmp_path)
+    assert [u.key for u in dataset.utterances()] == ["id10001/vidA/00003"]  # audio-only ones left out, counted
+    assert dataset.describe()["missing"] == {"no_video": 2}
+
+
+@pytest.mark.skipif(not VERI_TEST.is_file(), reason=f"real VoxCeleb1 sample not found at {SHARED_DATA}")
+def test_real_wav_sample_through_the_adapter() -> None:
+    with pytest.raises(DatasetError, match="8 utterances with audio only"):
+        VoxCeleb(SHARED_DATA / "voxceleb1").utterances()
+    dataset = VoxCeleb(SHARED_DATA / "voxceleb1", audio_only_ok=True, split="70-10-20")
+    assert len(dataset.utterances()) == 8 and dataset.describe()["missing"] == {"no_video": 8}
+    with pytest.raises(DatasetError, match="veri_test.txt:2: unknown speaker"):
+        dataset.trials()  # the real list names 40 speakers; the sample holds the first trial only
