@@ -69,6 +69,10 @@ class Hdf5Backend:
             return dataset.asstr()[start:stop]
         return dataset[start:stop]
 
+    def stored_bytes(self, name: str) -> int:
+        """Bytes of the dataset's chunks in the file."""
+        return self.file[name].id.get_storage_size()
+
     def read_meta(self) -> dict[str, Any]:
         """The metadata dict, or {} for an HDF5 file that is not a store."""
         return json.loads(self.file.attrs[META_ATTR]) if META_ATTR in self.file.attrs else {}

@@ -8,6 +8,10 @@ field specs, committed count, complete flag) is one JSON dict that each backend 
 Commit protocol (`RaggedWriter.flush`): append the data rows, then the offsets and keys, and only
 then write the metadata with the new committed count. The committed count is the truth: rows past
 it (an interrupted flush) are never returned by a reader and are truncated by `open_for_append`.
+
+The store's own metadata also says how far a writing command has come and how to finish it
+(`RaggedWriter.set_expected`), and which part of a rank-sharded store it is (`create_store(part=...)`;
+a directory of parts opens as one store, see `cache/parts.py`).
 """
 
 from __future__ import annotations
@@ -16,19 +20,27 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import KeysView
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from cache.hdf5_store import Hdf5Backend
 from cache.zarr_store import ZarrBackend
 
+if TYPE_CHECKING:
+    from cache.parts import PartedReader
+
 FORMAT_VERSION = 1
 META_KEY = "avl_store"
 KEYS = "keys"
+SUFFIXES = {"zarr": ".zarr", "hdf5": ".h5"}  # what stages name a store of each backend
+# store-level facts beside the commit state, kept across reopenings: how many keys the writing
+# command means to commit, the command that finishes the store, and which part of a sharded store it is
+_INFO_EXTRAS = ("expected_keys", "finish_with", "part")
 INDEX_CHUNK_ROWS = 16384  # keys and offsets are read whole when a store is opened
 FLUSH_BYTES = 64 << 20
 # a zarr shard (16 chunks) is one file, rewritten whole by every flush that touches it: flushing a
@@ -54,6 +66,7 @@ class Backend(Protocol):
     def write_rows(self, name: str, start: int, rows: np.ndarray) -> None: ...
     def truncate(self, name: str, length: int) -> None: ...
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray: ...
+    def stored_bytes(self, name: str) -> int: ...
     def read_meta(self) -> dict[str, Any]: ...
     def write_meta(self, meta: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
@@ -97,15 +110,25 @@ def _offsets_name(field: str) -> str:
     return f"offsets/{field}"
 
 
-def _store_meta(backend: str, fields: dict[str, FieldSpec], attrs: dict, committed: int, complete: bool) -> dict:
+def _store_meta(
+    backend: str, fields: dict[str, FieldSpec], attrs: dict, committed: int, complete: bool, extras: dict
+) -> dict:
     info = {
         "format_version": FORMAT_VERSION,
         "backend": backend,
         "fields": [spec.to_dict() for spec in fields.values()],
         "committed": committed,
         "complete": complete,
+        **extras,
     }
     return {**attrs, META_KEY: info}
+
+
+def not_complete_message(path: Path, committed: int, expected: int | None, finish_with: str | None) -> str:
+    """Why a store is refused: how far its writer came and how to finish it."""
+    progress = f"{committed} of {expected} keys" if expected is not None else f"{committed} keys"
+    how = f"finish it with `{finish_with}`" if finish_with else "re-run the command that wrote it to finish it"
+    return f"{path}: store is not complete ({progress} committed); {how} (it resumes where it stopped)"
 
 
 def _check_attrs(path: Path, attrs: dict[str, Any]) -> None:
@@ -154,6 +177,10 @@ def detect_backend(path: str | os.PathLike) -> str:
     for name, backend in BACKENDS.items():
         if backend.detect(path):
             return name
+    from cache.parts import is_parts_directory
+
+    if is_parts_directory(path):
+        raise StoreError(f"{path}: a directory of store parts, not one store (open it with open_store)")
     problem = "nothing exists there" if not path.exists() else "neither a zarr group directory nor an HDF5 file"
     raise StoreError(f"{path}: not an avl store ({problem})")
 
@@ -167,6 +194,7 @@ class RaggedWriter:
         self._backend = backend
         info, self.fields, self.attrs = _parse_meta(path, backend)
         self._committed, self._complete = info["committed"], info["complete"]
+        self._extras = {name: info[name] for name in _INFO_EXTRAS if name in info}
         self._rows = _committed_rows(path, backend, self.fields, self._committed)
         for name, n in self._rows.items():
             backend.truncate(name, n)
@@ -176,6 +204,7 @@ class RaggedWriter:
         self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self.fields}
         self._pending_rows = dict.fromkeys(self.fields, 0)
         self._pending_bytes = 0
+        self._last_flush = time.monotonic()
         self._closed = False
 
     @property
@@ -254,10 +283,27 @@ class RaggedWriter:
         self._pending = {name: [] for name in self.fields}
         self._pending_rows = dict.fromkeys(self.fields, 0)
         self._pending_bytes = 0
+        self._last_flush = time.monotonic()
+
+    def flush_if_due(self, max_age_seconds: float) -> None:
+        """Flush when the last flush is at least `max_age_seconds` old, so a long write commits regularly."""
+        if time.monotonic() - self._last_flush >= max_age_seconds:
+            self.flush()
 
     def _write_meta(self, committed: int, complete: bool) -> None:
-        meta = _store_meta(self._backend.name, self.fields, self.attrs, committed, complete)
+        meta = _store_meta(self._backend.name, self.fields, self.attrs, committed, complete, self._extras)
         self._backend.write_meta(meta)
+
+    def set_expected(self, expected_keys: int, finish_with: str | None = None) -> None:
+        """Record how many keys this write will commit in all and the command that finishes the store.
+
+        A reader refusing the store while it is not complete quotes both ("812 of 1000 keys committed;
+        finish it with `...`").
+        """
+        self._extras["expected_keys"] = int(expected_keys)
+        if finish_with is not None:
+            self._extras["finish_with"] = finish_with
+        self._write_meta(self._committed, self._complete)
 
     def set_attrs(self, **attrs: Any) -> None:
         """Add or replace user attributes (JSON values), written at once; buffered keys stay buffered."""
@@ -303,11 +349,12 @@ class RaggedReader:
             info, self.fields, self.attrs = _parse_meta(self.path, backend)
             self.complete: bool = info["complete"]
             n = info["committed"]
+            self.expected_keys: int | None = info.get("expected_keys")
+            self.finish_with: str | None = info.get("finish_with")
+            part = info.get("part")
+            self.part: tuple[int, int] | None = (part["index"], part["count"]) if part else None
             if require_complete and not self.complete:
-                raise StoreError(
-                    f"{self.path}: store is not complete ({n} keys committed); "
-                    "re-run the command that wrote it to finish it"
-                )
+                raise StoreError(not_complete_message(self.path, n, self.expected_keys, self.finish_with))
             rows = _committed_rows(self.path, backend, self.fields, n)
             self.keys: list[str] = backend.read_rows(KEYS, 0, n).tolist()
             self._offsets = {
@@ -364,6 +411,11 @@ class RaggedReader:
         i = self.index(key)
         return int(self._offsets[field][i + 1] - self._offsets[field][i])
 
+    def n_rows(self, field: str) -> int:
+        """Committed rows of a field: ΣT of a ragged one, N of a per-item one."""
+        self._field(field)
+        return self._rows[field]
+
     def offsets(self, field: str) -> np.ndarray:
         """The (N+1,) read-only offsets of ragged `field`: key i has rows offsets[i]:offsets[i+1]."""
         self._field(field, ragged=True)
@@ -411,36 +463,70 @@ def create_store(
     attrs: dict[str, Any],
     backend: str = "zarr",
     overwrite: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> RaggedWriter:
-    """Create an empty store and return its writer; an existing store is replaced only with overwrite=True."""
+    """Create an empty store and return its writer; an existing store is replaced only with overwrite=True.
+
+    `part=(index, count)` makes it part `index` of a store sharded into `count` parts (`cache/parts.py`).
+    """
     path = Path(path)
     if backend not in BACKENDS:
         raise ValueError(f"{path}: unknown backend {backend!r} (choose from {sorted(BACKENDS)})")
+    if part is not None and not 0 <= part[0] < part[1]:
+        raise ValueError(f"{path}: part index {part[0]} is not in [0, {part[1]})")
     names = [spec.name for spec in fields]
     if not fields or len(set(names)) != len(names):
         raise ValueError(f"{path}: fields must be a non-empty list of distinct names, got {names}")
     _check_attrs(path, attrs)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise StoreError(f"{path}: already exists; pass overwrite=True to replace it")
     if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise StoreError(f"{path}: already exists; pass overwrite=True to replace it")
         try:
             detect_backend(path)
         except StoreError:
             raise StoreError(f"{path}: exists and is not an avl store; refusing to replace it") from None
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    # built beside its final place and renamed into it, so a killed create leaves no half-made store
+    # in the way of the next attempt (only this staging copy, which that attempt removes)
+    staging = path.with_name(f".{path.name}.creating")
+    _remove(staging)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = BACKENDS[backend](path, "w")
-    handle.create_array(KEYS, "str", (), INDEX_CHUNK_ROWS)
-    for spec in fields:
-        handle.create_array(spec.name, spec.dtype, spec.row_shape, spec.chunk_rows)
-        if spec.ragged:
-            handle.create_array(_offsets_name(spec.name), "int64", (), INDEX_CHUNK_ROWS)
-            handle.write_rows(_offsets_name(spec.name), 0, np.zeros(1, dtype=np.int64))
-    handle.write_meta(_store_meta(backend, {spec.name: spec for spec in fields}, dict(attrs), 0, False))
-    return RaggedWriter(path, handle)
+    handle = BACKENDS[backend](staging, "w")
+    try:
+        handle.create_array(KEYS, "str", (), INDEX_CHUNK_ROWS)
+        for spec in fields:
+            handle.create_array(spec.name, spec.dtype, spec.row_shape, spec.chunk_rows)
+            if spec.ragged:
+                handle.create_array(_offsets_name(spec.name), "int64", (), INDEX_CHUNK_ROWS)
+                handle.write_rows(_offsets_name(spec.name), 0, np.zeros(1, dtype=np.int64))
+        extras = {"part": {"index": int(part[0]), "count": int(part[1])}} if part is not None else {}
+        handle.write_meta(_store_meta(backend, {spec.name: spec for spec in fields}, dict(attrs), 0, False, extras))
+    finally:
+        handle.close()
+    _remove(path)
+    os.replace(staging, path)
+    return open_for_append(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def array_stats(path: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """Every array of one store: committed rows, rows on disk (more: an interrupted flush) and bytes stored."""
+    path = Path(path)
+    handle = BACKENDS[detect_backend(path)](path, "r")
+    try:
+        info, fields, _ = _parse_meta(path, handle)
+        committed = _committed_rows(path, handle, fields, info["committed"])
+        return {
+            name: {"rows": rows, "rows_on_disk": handle.length(name), "bytes": handle.stored_bytes(name)}
+            for name, rows in committed.items()
+        }
+    finally:
+        handle.close()
 
 
 def open_for_append(path: str | os.PathLike) -> RaggedWriter:
@@ -454,6 +540,10 @@ def open_for_append(path: str | os.PathLike) -> RaggedWriter:
         raise
 
 
-def open_store(path: str | os.PathLike, require_complete: bool = True) -> RaggedReader:
-    """Open a store for reading; an incomplete store is a StoreError unless require_complete=False."""
+def open_store(path: str | os.PathLike, require_complete: bool = True) -> RaggedReader | PartedReader:
+    """Open a store, or a directory of parts as one store; incomplete is a StoreError unless require_complete=False."""
+    from cache.parts import PartedReader, is_parts_directory  # parts.py builds on this module
+
+    if is_parts_directory(Path(path)):
+        return PartedReader(path, require_complete)
     return RaggedReader(path, require_complete)

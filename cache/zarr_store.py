@@ -10,6 +10,20 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
 CHUNKS_PER_SHARD = 16  # a shard is one file: the file count is the chunk count / 16
+# zarr's LocalStore writes every file as <name>.<uuid>.partial and then renames it, so a killed writer
+# leaves these behind; they are never part of the store
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_files(path: Path) -> list[Path]:
+    """Temporary files of interrupted writes under a zarr store."""
+    return sorted(p for p in Path(path).rglob(f"*{PARTIAL_SUFFIX}") if p.is_file())
+
+
+def remove_partial_files(path: Path) -> None:
+    """Delete what killed writers left; only a writer (the store has one at a time) may call this."""
+    for leftover in partial_files(path):
+        leftover.unlink(missing_ok=True)
 
 
 class ZarrBackend:
@@ -18,6 +32,8 @@ class ZarrBackend:
     name = "zarr"
 
     def __init__(self, path: Path, mode: str) -> None:
+        if mode == "r+":
+            remove_partial_files(path)
         self.group = zarr.open_group(str(path), mode=mode)
         self._arrays: dict[str, zarr.Array] = {}
 
@@ -65,6 +81,11 @@ class ZarrBackend:
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of the array."""
         return self._array(name)[start:stop]
+
+    def stored_bytes(self, name: str) -> int:
+        """Bytes of the array's files (metadata and shards)."""
+        directory = Path(self.group.store.root) / self.group.path / name  # arrays hold no nested arrays
+        return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
     def read_meta(self) -> dict[str, Any]:
         """The group attributes."""

@@ -14,8 +14,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Audio representation learning with video as privileged information (LUPI).")
 stage_app = typer.Typer(no_args_is_help=True, help="Run one pipeline stage (0 prepare, 1 teacher, 2 export, 3 student).")
 data_app = typer.Typer(no_args_is_help=True, help="Make or inspect datasets.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect and verify stores (embedding caches, spectrogram shards).")
 app.add_typer(stage_app, name="stage")
 app.add_typer(data_app, name="data")
+app.add_typer(cache_app, name="cache")
 
 ConfigOption = typer.Option(None, "--config", help="TOML file with this stage's settings (CLI options win).")
 DatasetOption = typer.Option(None, help="Dataset adapter; also names the default run dir runs/<dataset>.")
@@ -90,6 +92,8 @@ def train_teacher(
     lr_min: Optional[float] = typer.Option(None),
     lr_max: Optional[float] = typer.Option(None),
     init_weights: Optional[Path] = typer.Option(None, help="Local weights file to initialise the teacher."),
+    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue an interrupted run from its last epoch."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing run of the same name."),
     num_workers: Optional[int] = WorkersOption,
     device: Optional[str] = DeviceOption,
     seed: Optional[int] = SeedOption,
@@ -101,7 +105,8 @@ def train_teacher(
     stage.run(config_io.load(stage.TeacherConfig, config, _overrides(
         dataset=dataset, run_dir=run_dir, arch=arch, tiny=tiny, embed_dim=embed_dim, epochs=epochs,
         batch_size=batch_size, frames_per_utterance=frames_per_utterance, lr_min=lr_min, lr_max=lr_max,
-        init_weights=init_weights, num_workers=num_workers, device=device, seed=seed)))
+        init_weights=init_weights, num_workers=num_workers, device=device, seed=seed, resume=resume,
+        overwrite=overwrite)))
 
 
 @stage_app.command("export-embeddings")
@@ -144,6 +149,8 @@ def train_student(
     lr_max: Optional[float] = typer.Option(None),
     name: Optional[str] = typer.Option(None, help="Run name under RUN_DIR/students/."),
     expect_teacher: Optional[str] = typer.Option(None, help="Refuse a cache not made by this teacher fingerprint."),
+    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue an interrupted run from its last epoch."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing run of the same name."),
     num_workers: Optional[int] = WorkersOption,
     device: Optional[str] = DeviceOption,
     seed: Optional[int] = SeedOption,
@@ -156,7 +163,7 @@ def train_student(
         lam=lam, dataset=dataset, run_dir=run_dir, cache=cache, arch=arch, tiny=tiny, method=method,
         distance=distance, target=target, epochs=epochs, batch_size=batch_size, crop_seconds=crop_seconds,
         lr_min=lr_min, lr_max=lr_max, name=name, expect_teacher=expect_teacher, num_workers=num_workers,
-        device=device, seed=seed)))
+        device=device, seed=seed, resume=resume, overwrite=overwrite)))
 
 
 @app.command("demo")
@@ -175,7 +182,38 @@ def demo(
         work=work, lambdas=lambda_values, size=size, device=device)))
 
 
-KNOWN_ERRORS = ("ConfigError", "StoreError", "MediaError", "DatasetError", "FileNotFoundError")
+@cache_app.command("info")
+def cache_info(
+    path: Path = typer.Argument(..., help="A store (.zarr directory or .h5 file) or a directory of store parts."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Counts, fields (shape, dtype, rows, chunking, bytes), attributes and size on disk of a store."""
+    import json
+
+    from cache import inspect
+
+    info = inspect.store_info(path)
+    typer.echo(json.dumps(info, indent=2) if as_json else inspect.format_info(info))
+
+
+@cache_app.command("verify")
+def cache_verify(
+    path: Path = typer.Argument(..., help="A store (.zarr directory or .h5 file) or a directory of store parts."),
+    manifest: Optional[Path] = typer.Option(None, help="Prepare directory (or its manifest.tsv) whose keys must all be present."),
+    teacher: Optional[Path] = typer.Option(None, help="Teacher checkpoint the store must have been made by."),
+):
+    """Check a store: complete, unique keys, sound offsets, no NaN/Inf, manifest and teacher match; exit 1 on a problem."""
+    from cache import inspect
+
+    problems = inspect.verify_store(path, manifest, teacher)
+    for problem in problems:
+        typer.secho(f"problem: {problem}", fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{path}: ok")
+
+
+KNOWN_ERRORS = ("ConfigError", "StoreError", "MediaError", "DatasetError", "FileNotFoundError", "TrainingStateError")
 
 
 def main() -> None:

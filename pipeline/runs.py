@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cache.store import SUFFIXES
+
 
 def default_run_dir(dataset: str) -> Path:
     return Path("runs") / dataset
@@ -77,7 +79,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-STORE_SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's (rank, world size): torch.distributed's once initialised, else torchrun's RANK and
+    WORLD_SIZE environment variables, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+STORE_SUFFIX = SUFFIXES  # the file or directory suffix of a store of each backend
 
 
 def find_store(directory: Path, stem: str) -> Path:

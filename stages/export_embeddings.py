@@ -1,20 +1,29 @@
-"""Stage 2: run the frozen teacher over every frame once and cache its embeddings, keyed by utterance."""
+"""Stage 2: run the frozen teacher over every frame once and cache its embeddings, keyed by utterance.
+
+The teacher sees fixed groups of whole utterances (`teacher_groups`, a pure function of the manifest),
+so an interrupted and resumed export computes every row exactly as an uninterrupted one does: it
+re-runs only the groups holding uncommitted keys and writes only those keys. With `num_parts`
+(or torchrun's RANK and WORLD_SIZE) rank r writes groups r, r + W, ... into `<out>/part-0000r.*`,
+and the directory reads as one store (`cache/parts.py`).
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from cache.parts import is_parts_directory, part_path
+from cache.schema import cache_fields
 from cache.store import FieldSpec, StoreError, create_store, open_for_append, open_store
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS, segment_means
-from pipeline.manifest import manifest_hash, read_manifest
+from pipeline.manifest import Entry, manifest_hash, read_manifest
 from pipeline.models.teachers import TeacherSpec, build_teacher
 from pipeline.runs import STORE_SUFFIX, find_store
 
@@ -36,12 +45,34 @@ class ExportConfig:
     num_workers: int = 1
     device: str = "auto"
     overwrite: bool = False
+    # commit what is written at least this often; 0 commits after every teacher group (most commits
+    # rewrite the last, partly filled zarr shard, so frequent commits cost write bandwidth)
+    commit_seconds: float = 30.0
+    # write part `part` of `num_parts` into the directory `out`; default: torchrun's RANK and WORLD_SIZE
+    # when WORLD_SIZE > 1, else one whole store
+    part: int | None = None
+    num_parts: int | None = None
 
     def validate(self) -> None:
         if self.store not in STORE_SUFFIX:
             raise config_io.ConfigError(f"export-embeddings: store must be one of {sorted(STORE_SUFFIX)}")
         if self.dtype not in ("float16", "float32"):
             raise config_io.ConfigError(f"export-embeddings: dtype must be float16 or float32, got {self.dtype!r}")
+        if self.batch_frames < 1 or self.commit_seconds < 0:
+            raise config_io.ConfigError("export-embeddings: batch_frames must be >= 1 and commit_seconds >= 0")
+        if (self.part is None) != (self.num_parts is None):
+            raise config_io.ConfigError("export-embeddings: set both part and num_parts, or neither")
+        if self.num_parts is not None and not 0 <= self.part < self.num_parts:
+            raise config_io.ConfigError(
+                f"export-embeddings: part must lie in [0, num_parts), got part={self.part}, num_parts={self.num_parts}")
+
+    @property
+    def resolved_part(self) -> tuple[int, int] | None:
+        """(part, num_parts) this process writes, or None for one whole store."""
+        if self.num_parts is not None:
+            return self.part, self.num_parts
+        rank, world_size = runs.rank_and_world_size()
+        return (rank, world_size) if world_size > 1 else None
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -49,19 +80,14 @@ class ExportConfig:
 
     @property
     def resolved_out(self) -> Path:
+        """The cache: one store, or with parts the directory that holds them."""
         return self.out or runs.embeddings_dir(self.resolved_run_dir) / f"{self.dataset}{STORE_SUFFIX[self.store]}"
 
-
-def cache_fields(embed_dim: int, num_classes: int, dtype: str) -> list[FieldSpec]:
-    """The embedding-cache schema (DESIGN.md): ragged per-frame and per-segment rows, per-utterance rows."""
-    return [
-        FieldSpec("frames", dtype, (embed_dim,), ragged=True, chunk_rows=2048),
-        FieldSpec("frame_prob", "float32", (), ragged=True, chunk_rows=16384),
-        FieldSpec("frame_pred", "int32", (), ragged=True, chunk_rows=16384),
-        FieldSpec("segments", dtype, (embed_dim,), ragged=True, chunk_rows=2048),
-        FieldSpec("peak", dtype, (embed_dim,), ragged=False, chunk_rows=2048),
-        FieldSpec("soft", "float32", (num_classes,), ragged=False, chunk_rows=2048),
-    ]
+    @property
+    def resolved_store(self) -> Path:
+        """The store this process writes: the cache itself, or its part."""
+        part = self.resolved_part
+        return self.resolved_out if part is None else part_path(self.resolved_out, part[0], self.store)
 
 
 def utterance_targets(embeddings: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
@@ -78,56 +104,81 @@ def utterance_targets(embeddings: np.ndarray, probabilities: np.ndarray) -> dict
     }
 
 
-class _UtteranceFrames(torch.utils.data.Dataset):
-    """Item = all face frames of one utterance, read from the frame store in a worker."""
+def teacher_groups(entries: list[Entry], batch_frames: int) -> list[list[str]]:
+    """Keys in manifest order, cut into groups of whole utterances of at least `batch_frames` frames.
 
-    def __init__(self, store_path: Path, keys: list[str]):
-        self.store_path, self.keys, self.store = store_path, keys, None
+    A pure function of the manifest (the last group may be smaller): a resumed export feeds the
+    teacher exactly the batches an uninterrupted one does, so both write bit-identical rows.
+    """
+    groups, group, n_frames = [], [], 0
+    for entry in entries:
+        group.append(entry.key)
+        n_frames += entry.n_video_frames
+        if n_frames >= batch_frames:
+            groups.append(group)
+            group, n_frames = [], 0
+    if group:
+        groups.append(group)
+    return groups
+
+
+class _GroupFrames(torch.utils.data.Dataset):
+    """Item = one teacher group: its keys, their frame counts and all their face frames, concatenated."""
+
+    def __init__(self, store_path: Path, groups: list[list[str]], n_frames: dict[str, int]):
+        self.store_path, self.groups, self.n_frames, self.store = store_path, groups, n_frames, None
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.groups)
 
     def __getitem__(self, index: int):
         if self.store is None:
-            self.store = open_store(self.store_path)
-        key = self.keys[index]
-        return key, torch.from_numpy(self.store.read(key, "frames"))
+            self.store = open_store(self.store_path)  # opened lazily, once per DataLoader worker
+        keys = self.groups[index]
+        frames = [self.store.read(key, "frames") for key in keys]
+        for key, rows in zip(keys, frames):
+            if len(rows) != self.n_frames[key]:
+                raise StoreError(f"{self.store_path}: {key!r} has {len(rows)} frames, the manifest says "
+                                 f"{self.n_frames[key]}; re-run `avl stage prepare`")
+        return keys, [len(rows) for rows in frames], torch.from_numpy(np.concatenate(frames))
 
 
-def _utterance_groups(loader, batch_frames: int):
-    """Group whole utterances until they fill a teacher batch, so the teacher never sees tiny batches."""
-    group, n_frames = [], 0
-    for key, frames in loader:
-        group.append((key, frames))
-        n_frames += len(frames)
-        if n_frames >= batch_frames:
-            yield group
-            group, n_frames = [], 0
-    if group:
-        yield group
+def _check_resumable(path: Path, attrs: dict, part: tuple[int, int] | None) -> None:
+    """Refuse to extend a cache that another teacher, manifest or setting made, naming what differs."""
+    existing = open_store(path, require_complete=False)
+    existing.close()
+    made_by, fingerprint = existing.attrs.get("teacher_fingerprint"), attrs["teacher_fingerprint"]
+    if made_by != fingerprint:
+        raise StoreError(
+            f"{path}: cache was made by teacher {str(made_by)[:12]}, this teacher is {fingerprint[:12]}; "
+            "pass --overwrite to replace it or --out to write a new cache"
+        )
+    for name, value in attrs.items():
+        if existing.attrs.get(name) != value:
+            raise StoreError(f"{path}: cache was made with {name}={existing.attrs.get(name)!r}, this export "
+                             f"uses {value!r}; use the same setting to resume it, or pass --overwrite or --out")
+    if existing.part != part:
+        raise StoreError(f"{path}: is part {existing.part} (index, count), this export writes part {part}")
 
 
-def _open_cache(cfg: ExportConfig, fingerprint: str, attrs: dict, fields: list[FieldSpec]):
-    """A writer: new, or resumed if a previous export by the *same* teacher stopped part-way."""
-    path = cfg.resolved_out
+def _open_cache(cfg: ExportConfig, attrs: dict, fields: list[FieldSpec]):
+    """A writer: new, or resumed if a previous export with the *same* teacher and settings stopped part-way."""
+    path, part = cfg.resolved_store, cfg.resolved_part
+    if part is not None and cfg.resolved_out.exists() and not cfg.resolved_out.is_dir():
+        raise StoreError(f"{cfg.resolved_out}: is a file, so it cannot hold the parts of a sharded cache; "
+                         "remove it or pass another --out")
+    if part is None and is_parts_directory(path):
+        raise StoreError(f"{path}: holds the parts of a sharded cache; write it with the same num_parts, "
+                         "or remove it or pass another --out to write one whole store")
     if path.exists() and not cfg.overwrite:
-        existing = open_store(path, require_complete=False)
-        made_by = existing.attrs.get("teacher_fingerprint")
-        if made_by != fingerprint:
-            raise StoreError(
-                f"{path}: cache was made by teacher {str(made_by)[:12]}, this teacher is {fingerprint[:12]}; "
-                "pass --overwrite to replace it or --out to write a new cache"
-            )
-        if existing.attrs.get("manifest_sha256") != attrs["manifest_sha256"]:
-            raise StoreError(f"{path}: cache was made for a different manifest; pass --overwrite or --out")
-        existing.close()
+        _check_resumable(path, attrs, part)
         return open_for_append(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return create_store(path, fields, attrs, backend=cfg.store, overwrite=cfg.overwrite)
+    return create_store(path, fields, attrs, backend=cfg.store, overwrite=cfg.overwrite, part=part)
 
 
 def run(cfg: ExportConfig) -> Path:
-    """Export teacher embeddings for every utterance in the manifest; returns the cache path."""
+    """Export teacher embeddings for every utterance in the manifest (or this part's share); returns the store."""
     run_dir = cfg.resolved_run_dir
     prepared = runs.prepare_dir(run_dir)
     checkpoint_path = cfg.teacher or runs.teacher_checkpoint(run_dir)
@@ -141,16 +192,19 @@ def run(cfg: ExportConfig) -> Path:
     teacher.load_state_dict(checkpoint["state_dict"])
     teacher.to(device).eval().requires_grad_(False)
 
-    out = cfg.resolved_out
-    config_io.save(cfg, out.parent / f"{out.name}.config.toml")
+    out, part = cfg.resolved_store, cfg.resolved_part
     entries = read_manifest(prepared)
     face_store = find_store(prepared, "faces")
+    faces = open_store(face_store)
+    faces.close()
+    precision = "bfloat16-autocast" if device.type == "cuda" else "float32"
     attrs = {
         "kind": "teacher-embeddings",
         "format_version": CACHE_FORMAT_VERSION,
         "teacher_fingerprint": fingerprint,
         "teacher_arch": spec.arch,
         "teacher_tiny": spec.tiny,
+        "teacher_precision": precision,
         "embed_dim": spec.embed_dim,
         "num_classes": spec.num_classes,
         "class_names": checkpoint["class_names"],
@@ -158,20 +212,35 @@ def run(cfg: ExportConfig) -> Path:
         "segment_frames": SEGMENT_VIDEO_FRAMES,
         "window_seconds": cfg.window_seconds,
         "dtype": cfg.dtype,
+        "batch_frames": cfg.batch_frames,
         "dataset": cfg.dataset,
+        "dataset_root": faces.attrs.get("dataset_root"),
+        "face_size": faces.attrs.get("face_size"),
+        "face_crop": faces.attrs.get("crop"),
         "manifest_sha256": manifest_hash(prepared),
     }
-    writer = _open_cache(cfg, fingerprint, attrs, cache_fields(spec.embed_dim, spec.num_classes, cfg.dtype))
-    todo = [e.key for e in entries if e.key not in writer.keys]
+    writer = _open_cache(cfg, attrs, cache_fields(spec.embed_dim, spec.num_classes, cfg.dtype))
+    # saved once the cache is accepted, with the part resolved and without overwrite: the file is also
+    # the command that finishes this store, and finishing must resume it, not wipe it
+    config_path = config_io.save(
+        replace(cfg, overwrite=False, part=part and part[0], num_parts=part and part[1]),
+        out.parent / f"{out.name}.config.toml")
+    groups = teacher_groups(entries, cfg.batch_frames)
+    if part is not None:
+        groups = groups[part[0] :: part[1]]
+    n_keys = sum(len(group) for group in groups)
+    writer.set_expected(n_keys, finish_with=f"avl stage export-embeddings --config {config_path}")
+    todo = [group for group in groups if any(key not in writer for key in group)]
+    n_frames = {e.key: e.n_video_frames for e in entries}
     loader = torch.utils.data.DataLoader(
-        _UtteranceFrames(face_store, todo), batch_size=None, num_workers=cfg.num_workers,
+        _GroupFrames(face_store, todo, n_frames), batch_size=None, num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
-    teacher_seconds, frames_done, started = 0.0, 0, time.perf_counter()
+    teacher_seconds, frames_done, exported, recomputed = 0.0, 0, 0, 0
+    started = time.perf_counter()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with tqdm(total=len(todo), desc="export", unit="utt") as progress:
-        for group in _utterance_groups(loader, cfg.batch_frames):
-            frames = torch.cat([f for _, f in group])
+    with tqdm(total=n_keys, initial=writer.committed, desc="export", unit="utt") as progress:
+        for keys, lengths, frames in loader:
             tick = time.perf_counter()
             embeddings, probabilities = [], []
             with torch.inference_mode(), autocast:
@@ -181,26 +250,32 @@ def run(cfg: ExportConfig) -> Path:
                     probabilities.append(logits.float().softmax(dim=1).cpu())
             embeddings, probabilities = torch.cat(embeddings).numpy(), torch.cat(probabilities).numpy()
             teacher_seconds += time.perf_counter() - tick
-            start = 0
-            for key, utterance_frames in group:
-                stop = start + len(utterance_frames)
-                writer.write(key, utterance_targets(embeddings[start:stop], probabilities[start:stop]))
-                start = stop
+            stops = np.cumsum(lengths)
+            for key, stop, length in zip(keys, stops, lengths):
+                if key in writer:  # committed before an interruption: computed again only to rebuild the batch
+                    recomputed += 1
+                    continue
+                writer.write(key, utterance_targets(embeddings[stop - length : stop], probabilities[stop - length : stop]))
+                exported += 1
+                progress.update()
+            writer.flush_if_due(cfg.commit_seconds)
             frames_done += len(frames)
-            progress.update(len(group))
     writer.mark_complete()
     writer.close()
     elapsed = time.perf_counter() - started
     stats = {
         "cache": str(out),
+        "part": part and list(part),
         "teacher_fingerprint": fingerprint,
-        "utterances_exported": len(todo),
-        "utterances_total": len(entries),
+        "utterances_exported": exported,
+        "utterances_recomputed": recomputed,
+        "utterances_total": n_keys,
+        "teacher_groups": len(todo),
         "frames": frames_done,
         "seconds": elapsed,
         "frames_per_second": frames_done / elapsed if elapsed > 0 else None,
         "teacher_share": teacher_seconds / elapsed if elapsed > 0 else None,
     }
     runs.write_json(out.parent / f"{out.name}.export.json", stats)
-    tqdm.write(f"export-embeddings: {frames_done} frames of {len(todo)} utterances in {elapsed:.1f}s → {out}")
+    tqdm.write(f"export-embeddings: {frames_done} frames of {exported} utterances in {elapsed:.1f}s → {out}")
     return out

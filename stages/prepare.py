@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from cache.schema import face_fields, spectrogram_fields
 from cache.store import FieldSpec, create_store, open_for_append, open_store
 from pipeline import config as config_io
 from pipeline import runs
@@ -39,6 +40,7 @@ class PrepareConfig:
     num_workers: int = 2
     on_error: str = "stop"
     overwrite: bool = False
+    commit_seconds: float = 30.0  # commit what is written at least this often (0: after every utterance)
 
     def validate(self) -> None:
         if self.root is None:
@@ -51,6 +53,8 @@ class PrepareConfig:
             raise config_io.ConfigError(f"prepare: normalisation must be one of {NORMALISATIONS}")
         if self.on_error not in ("stop", "skip"):
             raise config_io.ConfigError(f"prepare: on_error must be 'stop' or 'skip', got {self.on_error!r}")
+        if self.commit_seconds < 0:
+            raise config_io.ConfigError(f"prepare: commit_seconds must be >= 0, got {self.commit_seconds}")
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -116,7 +120,6 @@ def run(cfg: PrepareConfig) -> Path:
     """Decode, featurise and store every utterance the protocol uses; returns the prepare directory."""
     out = runs.prepare_dir(cfg.resolved_run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config_io.save(cfg, out / "config.toml")
 
     adapter = DATASETS[cfg.dataset](cfg.root, split_file=cfg.split_file, trials_file=cfg.trials_file)
     trials = adapter.trials()
@@ -128,18 +131,23 @@ def run(cfg: PrepareConfig) -> Path:
     common = {"dataset": cfg.dataset, "dataset_root": str(Path(cfg.root).resolve()), "video_fps": VIDEO_FPS}
     spectrograms = _open_or_create(
         spectrogram_store_path(out, cfg.store),
-        [FieldSpec("spectrogram", "float16", (params.n_freq,), ragged=True, chunk_rows=512)],
+        spectrogram_fields(params.n_freq),
         {**common, "kind": "spectrograms", "spectrogram": params.to_dict()},
         cfg.store,
         cfg.overwrite,
     )
     faces = _open_or_create(
         face_store_path(out, cfg.store),
-        [FieldSpec("frames", "uint8", (cfg.face_size, cfg.face_size, 3), ragged=True, chunk_rows=64)],
+        face_fields(cfg.face_size),
         {**common, "kind": "faces", "face_size": cfg.face_size, "crop": f"centre {cfg.crop_fraction}"},
         cfg.store,
         cfg.overwrite,
     )
+    # saved once the stores are accepted, without overwrite: the file is also the command that finishes
+    # the stores, and finishing must resume them, not wipe them
+    config_path = config_io.save(replace(cfg, overwrite=False), out / "config.toml")
+    for writer in (spectrograms, faces):
+        writer.set_expected(len(utterances), finish_with=f"avl stage prepare --config {config_path}")
     done = set(spectrograms.keys) & set(faces.keys)
     todo = [u for u in utterances if u.key not in done]
     skipped: list[tuple[str, str]] = []
@@ -156,9 +164,11 @@ def run(cfg: PrepareConfig) -> Path:
             skipped.append((key, error))
             continue
         if key not in spectrograms.keys:
-            spectrograms.write(key, {"spectrogram": spectrogram})
+            spectrograms.write(key, {"spectrogram": spectrogram.numpy()})  # the loader made tensors of them
         if key not in faces.keys:
-            faces.write(key, {"frames": face_frames})
+            faces.write(key, {"frames": face_frames.numpy()})
+        spectrograms.flush_if_due(cfg.commit_seconds)
+        faces.flush_if_due(cfg.commit_seconds)
     spectrograms.close()
     faces.close()
 

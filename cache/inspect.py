@@ -1,0 +1,232 @@
+"""What `avl cache info` shows and what `avl cache verify` checks, for a store or a directory of parts."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cache.parts import PartedReader
+from cache.store import RaggedReader, StoreError, array_stats, not_complete_message, open_store
+from cache.zarr_store import partial_files
+
+# a float field is scanned for NaN/Inf in blocks of about this size, never read whole
+SCAN_BLOCK_BYTES = 32 << 20
+
+
+def disk_usage(path: str | os.PathLike) -> tuple[int, int]:
+    """(bytes, files) under `path`: a store directory, a directory of parts, or one file."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size, 1
+    sizes = [p.stat().st_size for p in path.rglob("*") if p.is_file()]
+    return sum(sizes), len(sizes)
+
+
+def _parts(reader: RaggedReader | PartedReader) -> list[RaggedReader]:
+    return reader.parts if isinstance(reader, PartedReader) else [reader]
+
+
+def _not_complete_reason(reader: RaggedReader | PartedReader) -> str | None:
+    if reader.complete:
+        return None
+    if isinstance(reader, PartedReader):
+        return reader.not_complete_reason
+    return not_complete_message(reader.path, len(reader), reader.expected_keys, reader.finish_with)
+
+
+def store_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Counts, fields (kind, dtype, row shape, rows, chunk rows, bytes), attributes and size on disk."""
+    reader = open_store(path, require_complete=False)
+    parts = _parts(reader)
+    stats = [array_stats(part.path) for part in parts]
+    total_bytes, n_files = disk_usage(path)
+    fields = []
+    for name, spec in reader.fields.items():
+        stored = sum(s[name]["bytes"] + s.get(f"offsets/{name}", {"bytes": 0})["bytes"] for s in stats)
+        fields.append({
+            "name": name,
+            "kind": "ragged" if spec.ragged else "per-item",
+            "dtype": spec.dtype,
+            "row_shape": list(spec.row_shape),
+            "rows": sum(s[name]["rows"] for s in stats),
+            "chunk_rows": spec.chunk_rows,
+            "bytes": stored,
+        })
+    uncommitted = {
+        f"{part.path.name}:{array}" if len(parts) > 1 else array: s["rows_on_disk"] - s["rows"]
+        for part, part_stats in zip(parts, stats)
+        for array, s in part_stats.items()
+        if s["rows_on_disk"] != s["rows"]
+    }
+    info = {
+        "path": str(reader.path),
+        "backend": reader.backend,
+        "complete": reader.complete,
+        "not_complete": _not_complete_reason(reader),
+        "keys": len(reader),
+        "expected_keys": reader.expected_keys,
+        "parts": [{"path": str(part.path), "part": list(part.part) if part.part else None, "keys": len(part),
+                   "complete": part.complete} for part in parts] if isinstance(reader, PartedReader) else None,
+        "fields": fields,
+        "attrs": reader.attrs,
+        "bytes_on_disk": total_bytes,
+        "files": n_files,
+        "uncommitted_rows": uncommitted,
+        "partial_files": sum(len(partial_files(part.path)) for part in parts if part.backend == "zarr"),
+    }
+    reader.close()
+    return info
+
+
+def _non_finite_rows(part: RaggedReader, field: str) -> tuple[int, int | None]:
+    """(rows holding NaN or Inf, the first such row) of a float field, read block by block."""
+    spec = part.fields[field]
+    row_bytes = max(1, int(np.prod(spec.row_shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize)
+    block = max(spec.chunk_rows, SCAN_BLOCK_BYTES // row_bytes // spec.chunk_rows * spec.chunk_rows)
+    bad, first = 0, None
+    n_rows = part.n_rows(field)
+    for start in range(0, n_rows, block):
+        rows = part.read_rows(field, start, start + block)
+        finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+        if not finite.all():
+            bad += int((~finite).sum())
+            first = start + int(np.argmin(finite)) if first is None else first
+    return bad, first
+
+
+def _structure_problems(part: RaggedReader) -> list[str]:
+    """Offsets, row counts and finite values of one store (one part)."""
+    problems = []
+    name = part.path.name
+    n = len(part)
+    for array, s in array_stats(part.path).items():
+        # the committed rows of a ragged field are where its offsets end, of the others the key count
+        if s["rows_on_disk"] != s["rows"]:
+            spec = part.fields.get(array)
+            what = (f"offsets of {array!r} end at row {s['rows']}" if spec is not None and spec.ragged
+                    else f"{s['rows']} keys are committed")
+            problems.append(f"{name}: {what}, but array {array!r} holds {s['rows_on_disk']} rows "
+                            "(an interrupted write; resuming the writer drops the rest)")
+    for field, spec in part.fields.items():
+        if spec.ragged:
+            offsets = part.offsets(field)
+            if len(offsets) != n + 1 or offsets[0] != 0:
+                problems.append(f"{name}: offsets of {field!r} do not start at 0 with {n + 1} entries")
+            elif np.any(np.diff(offsets) < 0):
+                at = int(np.argmax(np.diff(offsets) < 0))
+                problems.append(f"{name}: offsets of {field!r} decrease at key {part.keys[at]!r}")
+        if np.dtype(spec.dtype).kind in "fc":
+            bad, first = _non_finite_rows(part, field)
+            if bad:
+                index = int(np.searchsorted(part.offsets(field), first, side="right") - 1) if spec.ragged else first
+                problems.append(f"{name}: field {field!r} has {bad} rows with NaN or Inf, the first in key "
+                                f"{part.keys[index]!r}")
+    return problems
+
+
+def _manifest_problems(reader: RaggedReader | PartedReader, manifest: Path) -> list[str]:
+    from pipeline.manifest import MANIFEST, manifest_hash, read_manifest
+
+    directory = manifest.parent if manifest.name == MANIFEST else manifest
+    try:
+        entries = read_manifest(directory)
+    except FileNotFoundError as error:
+        return [str(error)]
+    problems = []
+    missing = [entry.key for entry in entries if entry.key not in reader]
+    if missing:
+        problems.append(f"{len(missing)} of {len(entries)} manifest keys are missing from the store, e.g. {missing[:3]}")
+    recorded, actual = reader.attrs.get("manifest_sha256"), manifest_hash(directory)
+    if recorded is None:
+        problems.append("the store records no manifest_sha256, so it cannot be matched to a manifest")
+    elif recorded != actual:
+        problems.append(f"the store was made for manifest {recorded[:12]}, {directory / MANIFEST} is {actual[:12]}")
+    return problems
+
+
+def _teacher_problems(reader: RaggedReader | PartedReader, teacher: Path) -> list[str]:
+    from pipeline.runs import file_sha256
+
+    if not teacher.is_file():
+        return [f"{teacher}: no such teacher checkpoint"]
+    recorded, actual = reader.attrs.get("teacher_fingerprint"), file_sha256(teacher)
+    if recorded is None:
+        return ["the store records no teacher_fingerprint"]
+    if recorded != actual:
+        return [f"the store was made by teacher {recorded[:12]}, {teacher} is {actual[:12]}"]
+    return []
+
+
+def verify_store(
+    path: str | os.PathLike, manifest: str | os.PathLike | None = None, teacher: str | os.PathLike | None = None
+) -> list[str]:
+    """Every problem found (an empty list: the store is sound): completeness, unique keys, offsets, row
+    counts, NaN/Inf, coverage of a manifest (a prepare directory or its manifest.tsv) and its hash, and
+    the fingerprint of a teacher checkpoint."""
+    try:
+        reader = open_store(path, require_complete=False)
+    except StoreError as error:
+        return [str(error)]
+    problems = []
+    if not reader.complete:
+        problems.append(_not_complete_reason(reader))
+    duplicates = [key for key, count in Counter(reader.keys).items() if count > 1]
+    if duplicates:
+        problems.append(f"{len(duplicates)} keys are stored more than once, e.g. {duplicates[:3]}")
+    for part in _parts(reader):
+        try:
+            problems += _structure_problems(part)
+        except StoreError as error:
+            problems.append(str(error))
+    if manifest is not None:
+        problems += _manifest_problems(reader, Path(manifest))
+    if teacher is not None:
+        problems += _teacher_problems(reader, Path(teacher))
+    reader.close()
+    return problems
+
+
+def _size(n_bytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1024 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    raise AssertionError
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """`store_info` as a readable table."""
+    expected = f" of {info['expected_keys']} expected" if info["expected_keys"] is not None else ""
+    lines = [
+        f"store     {info['path']}",
+        f"backend   {info['backend']}",
+        f"complete  {'yes' if info['complete'] else 'NO'}",
+        f"keys      {info['keys']}{expected}",
+        f"on disk   {_size(info['bytes_on_disk'])} in {info['files']} files",
+    ]
+    if info["not_complete"]:
+        lines += ["", info["not_complete"]]
+    if info["parts"]:
+        lines += ["", "part                    keys  complete"]
+        lines += [f"{Path(p['path']).name:<22}{p['keys']:>6}  {'yes' if p['complete'] else 'NO'}" for p in info["parts"]]
+    header = ("field", "kind", "dtype", "row shape", "rows", "chunk rows", "on disk")
+    rows = [(f["name"], f["kind"], f["dtype"], str(tuple(f["row_shape"])), str(f["rows"]), str(f["chunk_rows"]),
+             _size(f["bytes"])) for f in info["fields"]]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    if info["uncommitted_rows"]:
+        lines += ["", "rows past the committed state (an interrupted write; the next writer drops them):"]
+        lines += [f"  {array}: {rows}" for array, rows in info["uncommitted_rows"].items()]
+    if info["partial_files"]:
+        lines += ["", f"{info['partial_files']} temporary files of interrupted writes (the next writer removes them)"]
+    lines += ["", "attributes"]
+    width = max((len(name) for name in info["attrs"]), default=0)
+    for name, value in info["attrs"].items():
+        text = repr(value)
+        lines.append(f"  {name.ljust(width)}  {text if len(text) <= 100 else text[:97] + '...'}")
+    return "\n".join(lines)
