@@ -21,7 +21,7 @@ app.add_typer(cache_app, name="cache")
 
 ConfigOption = typer.Option(None, "--config", help="TOML file with this stage's settings (CLI options win).")
 DatasetOption = typer.Option(None, help="Dataset adapter; also names the default run dir runs/<dataset>.")
-RunDirOption = typer.Option(None, help="Run directory shared by all stages [default: runs/<dataset>].")
+RunDirOption = typer.Option(None, help="Run directory shared by all stages (default: runs/<dataset>).")
 StoreOption = typer.Option(None, help="Storage backend for what this stage writes: zarr or hdf5.")
 WorkersOption = typer.Option(None, help="DataLoader worker processes.")
 DeviceOption = typer.Option(None, help="cpu, cuda, cuda:N or auto.")
@@ -59,8 +59,8 @@ def prepare(
     root: Optional[Path] = typer.Option(None, help="Dataset root in its published layout."),
     dataset: Optional[str] = DatasetOption,
     run_dir: Optional[Path] = RunDirOption,
-    split_file: Optional[Path] = typer.Option(None, help="iden_split.txt-format split [default: ROOT/iden_split.txt]."),
-    trials_file: Optional[Path] = typer.Option(None, help="veri_test.txt-format trials [default: ROOT/veri_test.txt]."),
+    split_file: Optional[Path] = typer.Option(None, help="iden_split.txt-format split (default: ROOT/iden_split.txt)."),
+    trials_file: Optional[Path] = typer.Option(None, help="veri_test.txt-format trials (default: ROOT/veri_test.txt)."),
     store: Optional[str] = StoreOption,
     face_size: Optional[int] = typer.Option(None, help="Face crop side in pixels."),
     crop_fraction: Optional[float] = typer.Option(None, help="Centre crop side as a fraction of the frame."),
@@ -68,6 +68,14 @@ def prepare(
     num_workers: Optional[int] = WorkersOption,
     on_error: Optional[str] = typer.Option(None, help="stop (default) at the first bad file, or skip and record it."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Rebuild stores that already exist."),
+    fold: Optional[int] = typer.Option(None, help="RAVDESS: test actor (leave-one-subject-out); IEMOCAP: test session."),
+    classes: Optional[str] = typer.Option(None, help="RAVDESS: 7 (calm merged into neutral) or 8 classes."),
+    include_song: Optional[bool] = typer.Option(None, "--include-song", help="RAVDESS: add the sung clips."),
+    include_scripted: Optional[bool] = typer.Option(None, "--include-scripted/--no-scripted", help="IEMOCAP: scripted turns."),
+    split: Optional[str] = typer.Option(None, help="VoxCeleb: official (iden_split.txt) or 70-10-20 per speaker."),
+    seed: Optional[int] = typer.Option(None, help="VoxCeleb: seed of the 70-10-20 split."),
+    audio_only_ok: Optional[bool] = typer.Option(None, "--audio-only-ok", help="List utterances that have no video."),
+    boxes_dir: Optional[Path] = typer.Option(None, help="Per-frame face boxes (x0 y0 x1 y1) instead of centre crops."),
     config: Optional[Path] = ConfigOption,
 ):
     """Stage 0: manifest, spectrogram shards and face-crop frame store."""
@@ -76,7 +84,8 @@ def prepare(
     stage.run(config_io.load(stage.PrepareConfig, config, _overrides(
         root=root, dataset=dataset, run_dir=run_dir, split_file=split_file, trials_file=trials_file, store=store,
         face_size=face_size, crop_fraction=crop_fraction, normalisation=normalisation, num_workers=num_workers, on_error=on_error,
-        overwrite=overwrite)))
+        overwrite=overwrite, fold=fold, classes=classes, include_song=include_song,
+        include_scripted=include_scripted, split=split, seed=seed, audio_only_ok=audio_only_ok, boxes_dir=boxes_dir)))
 
 
 @stage_app.command("train-teacher")
@@ -113,8 +122,8 @@ def train_teacher(
 def export_embeddings(
     dataset: Optional[str] = DatasetOption,
     run_dir: Optional[Path] = RunDirOption,
-    teacher: Optional[Path] = typer.Option(None, help="Teacher checkpoint [default: RUN_DIR/teacher/teacher.pt]."),
-    out: Optional[Path] = typer.Option(None, help="Cache path [default: RUN_DIR/embeddings/DATASET.zarr]."),
+    teacher: Optional[Path] = typer.Option(None, help="Teacher checkpoint (default: RUN_DIR/teacher/teacher.pt)."),
+    out: Optional[Path] = typer.Option(None, help="Cache path (default: RUN_DIR/embeddings/DATASET.zarr)."),
     store: Optional[str] = StoreOption,
     dtype: Optional[str] = typer.Option(None, help="float16 (default) or float32 embeddings."),
     batch_frames: Optional[int] = typer.Option(None, help="Frames per teacher batch (across utterances)."),
@@ -136,7 +145,7 @@ def train_student(
     lam: Optional[float] = typer.Option(None, "--lambda", help="Distillation weight λ in [0, 1] (0 = no distillation)."),
     dataset: Optional[str] = DatasetOption,
     run_dir: Optional[Path] = RunDirOption,
-    cache: Optional[Path] = typer.Option(None, help="Teacher cache [default: RUN_DIR/embeddings/DATASET.zarr]."),
+    cache: Optional[Path] = typer.Option(None, help="Teacher cache (default: RUN_DIR/embeddings/DATASET.zarr)."),
     arch: Optional[str] = typer.Option(None, help="Student architecture: resnet."),
     tiny: Optional[bool] = typer.Option(None, "--tiny", help="Small variant that trains on a CPU."),
     method: Optional[str] = typer.Option(None, help="Distillation method: proposed (Eq. 8)."),
@@ -168,8 +177,8 @@ def train_student(
 
 @app.command("demo")
 def demo(
-    work: Optional[Path] = typer.Option(None, help="Work directory [default: runs/demo]."),
-    lambdas: Optional[str] = typer.Option(None, help="Comma-separated λ values to train students at [default: 0,0.4]."),
+    work: Optional[Path] = typer.Option(None, help="Work directory (default: runs/demo)."),
+    lambdas: Optional[str] = typer.Option(None, help="Comma-separated λ values to train students at (default: 0,0.4)."),
     size: Optional[str] = typer.Option(None, help="Corpus and training size: small (default, a few minutes) or tiny."),
     device: Optional[str] = DeviceOption,
     config: Optional[Path] = ConfigOption,

@@ -15,11 +15,11 @@ from cache.store import FieldSpec, create_store, open_for_append, open_store
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.datasets.base import Utterance
-from pipeline.datasets.registry import DATASETS
+from pipeline.datasets.registry import DATASETS, open_dataset
 from pipeline.features import SPEC_FRAMES_PER_VIDEO_FRAME, VIDEO_FPS, NORMALISATIONS, LogSpectrogram, SpectrogramParams
 from pipeline.manifest import Entry, manifest_hash, write_manifest
 from pipeline.runs import STORE_SUFFIX
-from pipeline.media import MediaError, centre_crop_resize, load_audio_visual
+from pipeline.media import MediaError, face_crops, load_audio_visual
 
 IDENTIFICATION_SPLITS = ("train", "val", "test")
 
@@ -41,6 +41,15 @@ class PrepareConfig:
     on_error: str = "stop"
     overwrite: bool = False
     commit_seconds: float = 30.0  # commit what is written at least this often (0: after every utterance)
+    # Dataset protocol options; None leaves the adapter's default, and an option a dataset lacks is an error.
+    fold: int | None = None  # RAVDESS: test actor (leave-one-subject-out); IEMOCAP: test session
+    classes: str | None = None  # RAVDESS: "7" (calm merged into neutral) or "8"
+    include_song: bool | None = None  # RAVDESS
+    include_scripted: bool | None = None  # IEMOCAP
+    split: str | None = None  # VoxCeleb: "official" (iden_split.txt) or "70-10-20" per speaker
+    seed: int | None = None  # VoxCeleb 70-10-20 shuffle
+    audio_only_ok: bool | None = None  # list utterances that have no video
+    boxes_dir: Path | None = None  # per-frame face boxes instead of centre crops
 
     def validate(self) -> None:
         if self.root is None:
@@ -86,10 +95,11 @@ class _DecodeUtterances(torch.utils.data.Dataset):
             if utterance.video_path is None:
                 raise MediaError(f"{utterance.audio_path}: no video file for utterance {utterance.key!r}")
             separate_audio = utterance.audio_path if utterance.audio_path != utterance.video_path else None
-            audio, frames = load_audio_visual(utterance.video_path, separate_audio, sample_rate=16000, fps=VIDEO_FPS)
+            audio, frames = load_audio_visual(utterance.video_path, separate_audio, sample_rate=16000, fps=VIDEO_FPS,
+                                              start=utterance.start, end=utterance.end)
+            faces = face_crops(frames, self.cfg.face_size, self.cfg.crop_fraction, utterance.boxes_path)
         except MediaError as error:
             return utterance.key, None, None, str(error)
-        faces = centre_crop_resize(frames, self.cfg.crop_fraction, self.cfg.face_size)
         with torch.no_grad():
             spectrogram = self.spectrogram(torch.from_numpy(audio)).numpy().astype(np.float16)
         if len(spectrogram) != SPEC_FRAMES_PER_VIDEO_FRAME * len(faces):
@@ -121,11 +131,16 @@ def run(cfg: PrepareConfig) -> Path:
     out = runs.prepare_dir(cfg.resolved_run_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    adapter = DATASETS[cfg.dataset](cfg.root, split_file=cfg.split_file, trials_file=cfg.trials_file)
+    adapter = open_dataset(
+        cfg.dataset, cfg.root, split_file=cfg.split_file, trials_file=cfg.trials_file, fold=cfg.fold,
+        classes=cfg.classes, include_song=cfg.include_song, include_scripted=cfg.include_scripted, split=cfg.split,
+        seed=cfg.seed, audio_only_ok=cfg.audio_only_ok, boxes_dir=cfg.boxes_dir,
+    )
+    runs.write_json(out / "dataset.json", adapter.describe())
     trials = adapter.trials()
     trial_keys = {key for trial in trials for key in (trial.enrol, trial.test)}
     utterances = [u for u in adapter.utterances() if u.split in IDENTIFICATION_SPLITS or u.key in trial_keys]
-    classes = sorted({u.label for u in utterances if u.split in IDENTIFICATION_SPLITS})
+    classes = adapter.classes()
 
     params = SpectrogramParams(normalisation=cfg.normalisation)
     common = {"dataset": cfg.dataset, "dataset_root": str(Path(cfg.root).resolve()), "video_fps": VIDEO_FPS}
@@ -139,7 +154,7 @@ def run(cfg: PrepareConfig) -> Path:
     faces = _open_or_create(
         face_store_path(out, cfg.store),
         face_fields(cfg.face_size),
-        {**common, "kind": "faces", "face_size": cfg.face_size, "crop": f"centre {cfg.crop_fraction}"},
+        {**common, "kind": "faces", "face_size": cfg.face_size, "crop": "boxes" if cfg.boxes_dir else f"centre {cfg.crop_fraction}"},
         cfg.store,
         cfg.overwrite,
     )

@@ -123,10 +123,7 @@ class _Crops(torch.utils.data.Dataset):
 
 def open_checked_cache(path: Path, classes: list[str], entries: list[Entry], expect_teacher: str | None):
     """Open the teacher cache and refuse it, naming what differs, if it does not fit this training run."""
-    try:
-        cache = open_store(path)
-    except StoreError as error:
-        raise StoreError(f"{error}\n  finish it with `avl stage export-embeddings` (it resumes where it stopped)") from None
+    cache = open_store(path)  # an incomplete store is refused with the command that finishes it
     attrs = cache.attrs
     expected = {"video_fps": VIDEO_FPS, "segment_frames": SEGMENT_VIDEO_FRAMES, "class_names": classes}
     for name, value in expected.items():
