@@ -68,6 +68,7 @@ def prepare(
     num_workers: Optional[int] = WorkersOption,
     on_error: Optional[str] = typer.Option(None, help="stop (default) at the first bad file, or skip and record it."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Rebuild stores that already exist."),
+    commit_seconds: Optional[float] = typer.Option(None, help="Commit written utterances at least this often."),
     fold: Optional[int] = typer.Option(None, help="RAVDESS: test actor (leave-one-subject-out); IEMOCAP: test session."),
     classes: Optional[str] = typer.Option(None, help="RAVDESS: 7 (calm merged into neutral) or 8 classes."),
     include_song: Optional[bool] = typer.Option(None, "--include-song", help="RAVDESS: add the sung clips."),
@@ -84,7 +85,7 @@ def prepare(
     stage.run(config_io.load(stage.PrepareConfig, config, _overrides(
         root=root, dataset=dataset, run_dir=run_dir, split_file=split_file, trials_file=trials_file, store=store,
         face_size=face_size, crop_fraction=crop_fraction, normalisation=normalisation, num_workers=num_workers, on_error=on_error,
-        overwrite=overwrite, fold=fold, classes=classes, include_song=include_song,
+        overwrite=overwrite, commit_seconds=commit_seconds, fold=fold, classes=classes, include_song=include_song,
         include_scripted=include_scripted, split=split, seed=seed, audio_only_ok=audio_only_ok, boxes_dir=boxes_dir)))
 
 
@@ -130,6 +131,9 @@ def export_embeddings(
     num_workers: Optional[int] = WorkersOption,
     device: Optional[str] = DeviceOption,
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a cache made by another teacher."),
+    commit_seconds: Optional[float] = typer.Option(None, help="Commit written utterances at least this often."),
+    part: Optional[int] = typer.Option(None, help="Write part PART of NUM_PARTS (default: torchrun's RANK)."),
+    num_parts: Optional[int] = typer.Option(None, help="Number of parts (default: torchrun's WORLD_SIZE)."),
     config: Optional[Path] = ConfigOption,
 ):
     """Stage 2: run the frozen teacher once over every frame and cache its embeddings."""
@@ -137,7 +141,8 @@ def export_embeddings(
 
     stage.run(config_io.load(stage.ExportConfig, config, _overrides(
         dataset=dataset, run_dir=run_dir, teacher=teacher, out=out, store=store, dtype=dtype,
-        batch_frames=batch_frames, num_workers=num_workers, device=device, overwrite=overwrite)))
+        batch_frames=batch_frames, num_workers=num_workers, device=device, overwrite=overwrite,
+        commit_seconds=commit_seconds, part=part, num_parts=num_parts)))
 
 
 @stage_app.command("train-student")
