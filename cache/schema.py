@@ -24,9 +24,15 @@ def face_fields(face_size: int) -> list[FieldSpec]:
     return [FieldSpec("frames", "uint8", (face_size, face_size, 3), ragged=True, chunk_rows=32)]
 
 
-def cache_fields(embed_dim: int, num_classes: int, dtype: str) -> list[FieldSpec]:
-    """Stage 2 (DESIGN.md): ragged per-frame and per-segment rows, per-utterance rows."""
+def cache_fields(embed_dim: int, num_classes: int, dtype: str, sequential: bool = False) -> list[FieldSpec]:
+    """Stage 2 (DESIGN.md): ragged per-frame and per-segment rows, per-utterance rows; a sequential teacher
+    adds ragged per-window rows (window = training crop, stride 1 segment): `aggregator` and `window_soft`."""
     embedding_rows = max(64, EMBEDDING_CHUNK_BYTES // (embed_dim * np.dtype(dtype).itemsize))  # 256 at 512-d fp16
+    window_fields = [
+        FieldSpec("aggregator", dtype, (embed_dim,), ragged=True, chunk_rows=embedding_rows),
+        FieldSpec("window_soft", "float32", (num_classes,), ragged=True,
+                  chunk_rows=max(64, EMBEDDING_CHUNK_BYTES // (num_classes * 4))),
+    ]
     return [
         FieldSpec("frames", dtype, (embed_dim,), ragged=True, chunk_rows=embedding_rows),
         FieldSpec("frame_prob", "float32", (), ragged=True, chunk_rows=4096),
@@ -34,4 +40,4 @@ def cache_fields(embed_dim: int, num_classes: int, dtype: str) -> list[FieldSpec
         FieldSpec("segments", dtype, (embed_dim,), ragged=True, chunk_rows=embedding_rows),
         FieldSpec("peak", dtype, (embed_dim,), ragged=False, chunk_rows=embedding_rows),
         FieldSpec("soft", "float32", (num_classes,), ragged=False, chunk_rows=256),
-    ]
+    ] + (window_fields if sequential else [])

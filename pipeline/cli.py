@@ -93,12 +93,15 @@ def prepare(
 def train_teacher(
     dataset: Optional[str] = DatasetOption,
     run_dir: Optional[Path] = RunDirOption,
-    arch: Optional[str] = typer.Option(None, help="Teacher architecture: resnet34."),
+    arch: Optional[str] = typer.Option(None, help="Teacher architecture: vgg16, resnet34 or seresnet34."),
     tiny: Optional[bool] = typer.Option(None, "--tiny", help="Small variant that trains on a CPU."),
     embed_dim: Optional[int] = typer.Option(None, help="Embedding size (the student matches it)."),
     epochs: Optional[int] = typer.Option(None),
     batch_size: Optional[int] = typer.Option(None, help="Utterances per batch."),
     frames_per_utterance: Optional[int] = typer.Option(None, help="Random frames drawn per utterance per epoch."),
+    sequential: Optional[bool] = typer.Option(None, "--sequential", help="Add the 2×BiLSTM + attention aggregator (Eq. 5); train on windows."),
+    window_seconds: Optional[int] = typer.Option(None, help="Sequential: training window in seconds (= the student's crop)."),
+    frames_per_segment: Optional[int] = typer.Option(None, help="Sequential: random frames per 1 s segment in training."),
     lr_min: Optional[float] = typer.Option(None),
     lr_max: Optional[float] = typer.Option(None),
     init_weights: Optional[Path] = typer.Option(None, help="Local weights file to initialise the teacher."),
@@ -114,7 +117,8 @@ def train_teacher(
 
     stage.run(config_io.load(stage.TeacherConfig, config, _overrides(
         dataset=dataset, run_dir=run_dir, arch=arch, tiny=tiny, embed_dim=embed_dim, epochs=epochs,
-        batch_size=batch_size, frames_per_utterance=frames_per_utterance, lr_min=lr_min, lr_max=lr_max,
+        batch_size=batch_size, frames_per_utterance=frames_per_utterance, sequential=sequential,
+        window_seconds=window_seconds, frames_per_segment=frames_per_segment, lr_min=lr_min, lr_max=lr_max,
         init_weights=init_weights, num_workers=num_workers, device=device, seed=seed, resume=resume,
         overwrite=overwrite)))
 
@@ -151,9 +155,11 @@ def train_student(
     dataset: Optional[str] = DatasetOption,
     run_dir: Optional[Path] = RunDirOption,
     cache: Optional[Path] = typer.Option(None, help="Teacher cache (default: RUN_DIR/embeddings/DATASET.zarr)."),
-    arch: Optional[str] = typer.Option(None, help="Student architecture: resnet."),
+    arch: Optional[str] = typer.Option(None, help="Student architecture: vgg, resnet or seresnet (paper Tables 1-3)."),
     tiny: Optional[bool] = typer.Option(None, "--tiny", help="Small variant that trains on a CPU."),
-    method: Optional[str] = typer.Option(None, help="Distillation method: proposed (Eq. 8)."),
+    method: Optional[str] = typer.Option(None, help="proposed (embeddings, routed), soft-label (Eq. 1) or multitask."),
+    level: Optional[str] = typer.Option(None, help="non-sequential (Eq. 8), encoder (EM, Eq. 12) or aggregator (AGG, Eq. 13)."),
+    temperature: Optional[float] = typer.Option(None, help="Soft-label baseline: temperature T."),
     distance: Optional[str] = typer.Option(None, help="mse or cosine."),
     target: Optional[str] = typer.Option(None, help="crop-peak (peak frame inside the crop) or utterance-peak."),
     epochs: Optional[int] = typer.Option(None),
@@ -174,7 +180,8 @@ def train_student(
     from stages import train_student as stage
 
     stage.run(config_io.load(stage.StudentConfig, config, _overrides(
-        lam=lam, dataset=dataset, run_dir=run_dir, cache=cache, arch=arch, tiny=tiny, method=method,
+        lam=lam, dataset=dataset, run_dir=run_dir, cache=cache, arch=arch, tiny=tiny, method=method, level=level,
+        temperature=temperature,
         distance=distance, target=target, epochs=epochs, batch_size=batch_size, crop_seconds=crop_seconds,
         lr_min=lr_min, lr_max=lr_max, name=name, expect_teacher=expect_teacher, num_workers=num_workers,
         device=device, seed=seed, resume=resume, overwrite=overwrite)))
@@ -194,6 +201,95 @@ def demo(
     lambda_values = tuple(float(v) for v in lambdas.split(",")) if lambdas else None
     stage.run(config_io.load(stage.DemoConfig, config, _overrides(
         work=work, lambdas=lambda_values, size=size, device=device)))
+
+
+@app.command("sweep")
+def sweep(
+    run_dir: Optional[Path] = RunDirOption,
+    dataset: Optional[str] = DatasetOption,
+    name: Optional[str] = typer.Option(None, help="Sweep name: cells in RUN_DIR/students/NAME/, report in RUN_DIR/sweeps/NAME/."),
+    lambdas: Optional[str] = typer.Option(None, help="Comma-separated λ values (default: 0,0.2,0.4,0.6,0.8,1)."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated distillation methods (default: proposed)."),
+    archs: Optional[str] = typer.Option(None, help="Comma-separated student architectures (default: resnet)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: 0,1,2)."),
+    tiny: Optional[bool] = typer.Option(None, "--tiny", help="Small student variants that train on a CPU."),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    crop_seconds: Optional[int] = typer.Option(None, help="Training crop length in whole seconds."),
+    set_options: Optional[list[str]] = typer.Option(None, "--set", help="Any other stage-3 setting for every cell, KEY=VALUE (repeatable)."),
+    report_only: Optional[bool] = typer.Option(None, "--report-only", help="Only rebuild the report from finished cells."),
+    num_workers: Optional[int] = WorkersOption,
+    device: Optional[str] = DeviceOption,
+    config: Optional[Path] = ConfigOption,
+):
+    """Stage 3 over λ × method × architecture × seed (resumable; finished cells are reused), then report.md and plots."""
+    from stages import sweep as stage
+
+    def split(text, kind):
+        return tuple(kind(value) for value in text.split(",")) if text else None
+
+    stage.run(config_io.load(stage.SweepConfig, config, _overrides(
+        run_dir=run_dir, dataset=dataset, name=name, lambdas=split(lambdas, float), methods=split(methods, str),
+        archs=split(archs, str), seeds=split(seeds, int), tiny=tiny, epochs=epochs, batch_size=batch_size,
+        crop_seconds=crop_seconds, student_options=tuple(set_options) if set_options else None,
+        report_only=report_only, num_workers=num_workers, device=device)))
+
+
+ModelArgument = typer.Argument(..., help="A student checkpoint (student.pt) or the students/<name>/ folder holding it.")
+FilesArgument = typer.Argument(..., help="Audio or video files (wav, mp4, m4a, ...); only the audio track is used.")
+OverwriteOption = typer.Option(None, "--overwrite", help="Replace the output if it exists.")
+
+
+@app.command("embed")
+def embed(
+    model: Path = ModelArgument,
+    files: list[Path] = FilesArgument,
+    out: Path = typer.Option(..., help="Output: .npy (plus .keys.txt naming each row's file), .zarr or .h5 store."),
+    device: Optional[str] = DeviceOption,
+    overwrite: Optional[bool] = OverwriteOption,
+):
+    """Student embeddings of audio or video files (full length, audio only)."""
+    from stages import infer as stage
+
+    stage.embed(config_io.load(stage.EmbedConfig, None, _overrides(
+        model=model, files=tuple(files), out=out, device=device, overwrite=overwrite)))
+
+
+@app.command("predict")
+def predict(
+    model: Path = ModelArgument,
+    files: list[Path] = FilesArgument,
+    top_k: Optional[int] = typer.Option(None, help="Classes listed per file (default 5)."),
+    out: Optional[Path] = typer.Option(None, help="Also write the predictions as JSON here."),
+    all_probabilities: Optional[bool] = typer.Option(None, "--all-probabilities", help="Put every class's probability in the JSON."),
+    device: Optional[str] = DeviceOption,
+    overwrite: Optional[bool] = OverwriteOption,
+):
+    """Class and probabilities of audio or video files with a saved student; prints a table."""
+    from stages import infer as stage
+
+    stage.predict(config_io.load(stage.PredictConfig, None, _overrides(
+        model=model, files=tuple(files), top_k=top_k, out=out, all_probabilities=all_probabilities, device=device,
+        overwrite=overwrite)))
+
+
+@app.command("verify")
+def verify(
+    model: Path = ModelArgument,
+    trials: Path = typer.Argument(..., help="Trial list in veri_test.txt format: '<1|0> <enrol path> <test path>' per line."),
+    root: Optional[Path] = typer.Option(None, help="Folder the trial paths are relative to (default: the list's folder)."),
+    out: Optional[Path] = typer.Option(None, help="Scores TSV (default: <trials stem>.scores.tsv); a .json summary goes beside it."),
+    skip_missing: Optional[bool] = typer.Option(None, "--skip-missing", help="Score only the trials whose two files exist."),
+    p_target: Optional[float] = typer.Option(None, help="Target prior of minDCF (default 0.01)."),
+    device: Optional[str] = DeviceOption,
+    overwrite: Optional[bool] = OverwriteOption,
+):
+    """Cosine-score a trial list with a saved student; writes the scores and prints EER and minDCF."""
+    from stages import infer as stage
+
+    stage.verify(config_io.load(stage.VerifyConfig, None, _overrides(
+        model=model, trials=trials, root=root, out=out, skip_missing=skip_missing, p_target=p_target, device=device,
+        overwrite=overwrite)))
 
 
 @cache_app.command("info")
@@ -227,7 +323,8 @@ def cache_verify(
     typer.echo(f"{path}: ok")
 
 
-KNOWN_ERRORS = ("ConfigError", "StoreError", "MediaError", "DatasetError", "FileNotFoundError", "TrainingStateError")
+KNOWN_ERRORS = ("ConfigError", "StoreError", "MediaError", "DatasetError", "FileNotFoundError", "TrainingStateError",
+                "FileExistsError", "CheckpointError")
 
 
 def main() -> None:

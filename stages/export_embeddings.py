@@ -5,6 +5,11 @@ so an interrupted and resumed export computes every row exactly as an uninterrup
 re-runs only the groups holding uncommitted keys and writes only those keys. With `num_parts`
 (or torchrun's RANK and WORLD_SIZE) rank r writes groups r, r + W, ... into `<out>/part-0000r.*`,
 and the directory reads as one store (`cache/parts.py`).
+
+A sequential teacher also writes, per utterance, one `aggregator` row (Eq. 5 over the window's segment
+means) and one `window_soft` row for every training window: window = `window_seconds` segments, starting
+at every segment 0 .. max(0, S_whole − window) (stride 1 segment, the starts a student crop can have);
+an utterance shorter than the window gets one window over all of its segments.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from cache.schema import cache_fields
 from cache.store import FieldSpec, StoreError, create_store, open_for_append, open_store
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS, segment_means
+from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, VIDEO_FPS, n_segments, segment_means
 from pipeline.manifest import Entry, manifest_hash, read_manifest
 from pipeline.models.teachers import TeacherSpec, build_teacher
 from pipeline.runs import STORE_SUFFIX, find_store
@@ -41,7 +46,9 @@ class ExportConfig:
     store: str = "zarr"
     dtype: str = "float16"
     batch_frames: int = 512
-    window_seconds: int = 5  # training crop length recorded for sequential targets
+    # window (= the student's training crop) of the sequential targets; default: the sequential teacher's
+    # training window, else 5
+    window_seconds: int | None = None
     num_workers: int = 1
     device: str = "auto"
     overwrite: bool = False
@@ -58,6 +65,8 @@ class ExportConfig:
             raise config_io.ConfigError(f"export-embeddings: store must be one of {sorted(STORE_SUFFIX)}")
         if self.dtype not in ("float16", "float32"):
             raise config_io.ConfigError(f"export-embeddings: dtype must be float16 or float32, got {self.dtype!r}")
+        if self.window_seconds is not None and self.window_seconds < 1:
+            raise config_io.ConfigError("export-embeddings: window_seconds must be >= 1")
         if self.batch_frames < 1 or self.commit_seconds < 0:
             raise config_io.ConfigError("export-embeddings: batch_frames must be >= 1 and commit_seconds >= 0")
         if (self.part is None) != (self.num_parts is None):
@@ -102,6 +111,24 @@ def utterance_targets(embeddings: np.ndarray, probabilities: np.ndarray) -> dict
         "peak": embeddings[peak_frame],
         "soft": probabilities.mean(axis=0),
     }
+
+
+def window_segments(n_video_frames: int, window_seconds: int) -> list[tuple[int, int]]:
+    """Segment ranges [first, stop) of the training windows of an utterance, in start order."""
+    window = window_seconds // SEGMENT_SECONDS
+    whole = n_video_frames // SEGMENT_VIDEO_FRAMES
+    if whole < window:  # shorter than one window: one window over what exists, a partial second included
+        return [(0, n_segments(n_video_frames))]
+    return [(start, start + window) for start in range(whole - window + 1)]
+
+
+def window_targets(teacher, segments: np.ndarray, windows: list[tuple[int, int]], device) -> dict[str, np.ndarray]:
+    """`aggregator` (W, D) and `window_soft` (W, C) of a sequential teacher over each window's segment means."""
+    segments = torch.from_numpy(segments).to(device)
+    stacked = torch.stack([segments[first:stop] for first, stop in windows])  # (W, S, D): windows share a length
+    aggregate = teacher.aggregate(stacked)
+    return {"aggregator": aggregate.float().cpu().numpy(),
+            "window_soft": teacher.head(aggregate).float().softmax(dim=1).cpu().numpy()}
 
 
 def teacher_groups(entries: list[Entry], batch_frames: int) -> list[list[str]]:
@@ -191,6 +218,7 @@ def run(cfg: ExportConfig) -> Path:
     teacher = build_teacher(spec)
     teacher.load_state_dict(checkpoint["state_dict"])
     teacher.to(device).eval().requires_grad_(False)
+    window_seconds = cfg.window_seconds or checkpoint.get("window_seconds") or 5
 
     out, part = cfg.resolved_store, cfg.resolved_part
     entries = read_manifest(prepared)
@@ -204,13 +232,14 @@ def run(cfg: ExportConfig) -> Path:
         "teacher_fingerprint": fingerprint,
         "teacher_arch": spec.arch,
         "teacher_tiny": spec.tiny,
+        "teacher_sequential": spec.sequential,
         "teacher_precision": precision,
         "embed_dim": spec.embed_dim,
         "num_classes": spec.num_classes,
         "class_names": checkpoint["class_names"],
         "video_fps": VIDEO_FPS,
         "segment_frames": SEGMENT_VIDEO_FRAMES,
-        "window_seconds": cfg.window_seconds,
+        "window_seconds": window_seconds,
         "dtype": cfg.dtype,
         "batch_frames": cfg.batch_frames,
         "dataset": cfg.dataset,
@@ -219,7 +248,7 @@ def run(cfg: ExportConfig) -> Path:
         "face_crop": faces.attrs.get("crop"),
         "manifest_sha256": manifest_hash(prepared),
     }
-    writer = _open_cache(cfg, attrs, cache_fields(spec.embed_dim, spec.num_classes, cfg.dtype))
+    writer = _open_cache(cfg, attrs, cache_fields(spec.embed_dim, spec.num_classes, cfg.dtype, spec.sequential))
     # saved once the cache is accepted, with the part resolved and without overwrite: the file is also
     # the command that finishes this store, and finishing must resume it, not wipe it
     config_path = config_io.save(
@@ -255,7 +284,12 @@ def run(cfg: ExportConfig) -> Path:
                 if key in writer:  # committed before an interruption: computed again only to rebuild the batch
                     recomputed += 1
                     continue
-                writer.write(key, utterance_targets(embeddings[stop - length : stop], probabilities[stop - length : stop]))
+                targets = utterance_targets(embeddings[stop - length : stop], probabilities[stop - length : stop])
+                if spec.sequential:
+                    with torch.inference_mode(), autocast:
+                        targets.update(window_targets(teacher, targets["segments"],
+                                                      window_segments(length, window_seconds), device))
+                writer.write(key, targets)
                 exported += 1
                 progress.update()
             writer.flush_if_due(cfg.commit_seconds)

@@ -1,4 +1,8 @@
-"""Stage 3: train an audio student from spectrogram shards and cached teacher targets (no video, no teacher)."""
+"""Stage 3: train an audio student from spectrogram shards and cached teacher targets (no video, no teacher).
+
+`--method` (proposed, soft-label, multitask; pipeline/distill.py) and `--level` (non-sequential, encoder = EM,
+aggregator = AGG) pick the loss, its gradient routing and the cached target each crop needs.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from cache.store import StoreError, open_store
 from pipeline import config as config_io
 from pipeline import metrics as metric_fns
 from pipeline import runs
-from pipeline.distill import routed_distillation
+from pipeline.distill import LEVELS, METHODS, build_method
 from pipeline.features import (
+    SEGMENT_SECONDS,
     SEGMENT_SPEC_FRAMES,
     SEGMENT_VIDEO_FRAMES,
     SPEC_FRAMES_PER_SECOND,
     VIDEO_FPS,
+    Crop,
     random_crop,
     repeat_pad,
+    segment_means,
 )
 from pipeline.manifest import Entry, read_classes, read_manifest, read_trials
 from pipeline.models.students import STUDENTS, StudentSpec, build_student
@@ -35,7 +43,6 @@ from pipeline.training import (
     start_run,
 )
 
-METHODS = ("proposed",)
 TARGETS = ("crop-peak", "utterance-peak")
 
 
@@ -49,9 +56,11 @@ class StudentConfig:
     arch: str = "resnet"
     tiny: bool = False
     method: str = "proposed"
+    level: str = "non-sequential"  # encoder (EM, Eq. 12) and aggregator (AGG, Eq. 13) train a sequential student
     lam: float = 0.4
     distance: str = "mse"
-    target: str = "crop-peak"
+    target: str = "crop-peak"  # non-sequential level: the peak frame inside the crop, or of the whole utterance
+    temperature: float = 2.0  # soft-label baseline: T of Eq. 1
     epochs: int = 50
     batch_size: int = 32
     crop_seconds: int = 5
@@ -70,7 +79,11 @@ class StudentConfig:
         if self.arch not in STUDENTS:
             raise config_io.ConfigError(f"train-student: unknown arch {self.arch!r}; registered: {sorted(STUDENTS)}")
         if self.method not in METHODS:
-            raise config_io.ConfigError(f"train-student: unknown method {self.method!r}; known: {METHODS}")
+            raise config_io.ConfigError(f"train-student: unknown method {self.method!r}; known: {sorted(METHODS)}")
+        if self.level not in LEVELS:
+            raise config_io.ConfigError(f"train-student: unknown level {self.level!r}; known: {LEVELS}")
+        if self.temperature <= 0:
+            raise config_io.ConfigError(f"train-student: temperature must be > 0, got {self.temperature}")
         if self.target not in TARGETS:
             raise config_io.ConfigError(f"train-student: unknown target {self.target!r}; known: {TARGETS}")
         if self.distance not in ("mse", "cosine"):
@@ -85,15 +98,60 @@ class StudentConfig:
         return self.run_dir or runs.default_run_dir(self.dataset)
 
     @property
+    def sequential(self) -> bool:
+        return self.level != "non-sequential"
+
+    @property
     def run_name(self) -> str:
-        return self.name or f"{self.method}-lambda{self.lam:g}-seed{self.seed}"
+        """`[arch-][level-]method-lambdaλ-seedS`; the arch and level appear when they are not the defaults."""
+        if self.name:
+            return self.name
+        variant = [part for part, default in ((self.arch, "resnet"), (self.level, "non-sequential")) if part != default]
+        return "-".join([*variant, self.method, f"lambda{self.lam:g}", f"seed{self.seed}"])
+
+
+def _crop_peak(cache, key: str, crop: Crop, n_video_frames: int) -> np.ndarray:
+    first, last = crop.video_range
+    frame_prob = cache.read(key, "frame_prob", first, last)
+    peak = first + int(frame_prob.argmax())  # Eq. 4 restricted to the frames the crop covers
+    return cache.read(key, "frames", peak, peak + 1)[0]
+
+
+def _crop_segments(cache, key: str, crop: Crop, n_video_frames: int) -> np.ndarray:
+    """The teacher's segment means of the crop's segments, (S, D) (Eq. 6)."""
+    first, stop = crop.start_segment, crop.start_segment + crop.n_segments
+    if stop * SEGMENT_VIDEO_FRAMES <= n_video_frames:
+        return cache.read(key, "segments", first, stop)
+    # a repeat-padded crop: the frames tiled as its spectrogram rows are (4 rows per frame), then averaged
+    frames = repeat_pad(cache.read(key, "frames").astype(np.float32), crop.n_segments * SEGMENT_VIDEO_FRAMES)
+    return segment_means(frames)
+
+
+def _window_row(field: str):
+    def read(cache, key: str, crop: Crop, n_video_frames: int) -> np.ndarray:
+        return cache.read(key, field, crop.start_segment, crop.start_segment + 1)[0]  # window w starts at segment w
+    return read
+
+
+# The cached target of a crop, by kind (what a method and level need: Method.target_kind).
+TARGET_READERS = {
+    "crop-peak": _crop_peak,
+    "utterance-peak": lambda cache, key, crop, n_video_frames: cache.read(key, "peak"),
+    "segments": _crop_segments,
+    "aggregator": _window_row("aggregator"),
+    "soft": lambda cache, key, crop, n_video_frames: cache.read(key, "soft"),
+    "window-soft": _window_row("window_soft"),
+}
+TARGET_FIELDS = {"crop-peak": "frame_prob", "utterance-peak": "peak", "segments": "segments",
+                 "aggregator": "aggregator", "soft": "soft", "window-soft": "window_soft"}
+WINDOW_TARGETS = ("aggregator", "window-soft")  # written only by a sequential teacher, one row per window
 
 
 class _Crops(torch.utils.data.Dataset):
-    """Item = a random crop on the 1 s grid (repeat-padded), its class, and the peak-frame target inside it."""
+    """Item = a random crop on the 1 s grid (repeat-padded), its class, and its cached target (TARGET_READERS)."""
 
     def __init__(self, entries: list[Entry], labels: list[int], spectrograms: Path, cache: Path | None,
-                 crop_seconds: int, target: str):
+                 crop_seconds: int, target: str | None):
         self.entries, self.labels, self.crop_seconds, self.target = entries, labels, crop_seconds, target
         self.paths = (spectrograms, cache)
         self.spectrograms = self.cache = None  # opened lazily, once per DataLoader worker
@@ -111,17 +169,35 @@ class _Crops(torch.utils.data.Dataset):
         spectrogram = repeat_pad(spectrogram, self.crop_seconds * SPEC_FRAMES_PER_SECOND).astype(np.float32)
         if self.cache is None:
             target = np.zeros(0, dtype=np.float32)
-        elif self.target == "utterance-peak":
-            target = self.cache.read(entry.key, "peak").astype(np.float32)
         else:
-            first, last = crop.video_range
-            frame_prob = self.cache.read(entry.key, "frame_prob", first, last)
-            peak = first + int(frame_prob.argmax())  # Eq. 4 restricted to the frames the crop covers
-            target = self.cache.read(entry.key, "frames", peak, peak + 1)[0].astype(np.float32)
+            target = TARGET_READERS[self.target](self.cache, entry.key, crop, entry.n_video_frames).astype(np.float32)
         return torch.from_numpy(spectrogram), self.labels[index], torch.from_numpy(target)
 
 
-def open_checked_cache(path: Path, classes: list[str], entries: list[Entry], expect_teacher: str | None):
+def _check_targets(path: Path, cache, target: str, crop_seconds: int, entries: list[Entry]) -> None:
+    """Refuse a cache without the target this method and level read, or with windows of another length."""
+    attrs = cache.attrs
+    if TARGET_FIELDS[target] not in cache.fields:
+        made_by = f"a {'sequential' if attrs.get('teacher_sequential') else 'non-sequential'} teacher"
+        raise StoreError(f"{path}: cache has no {TARGET_FIELDS[target]!r} rows (made by {made_by}, "
+                         f"{attrs.get('teacher_arch')}); this method and level read {target!r} targets, which only "
+                         "a sequential teacher's cache holds: `avl stage train-teacher --sequential`, then export it")
+    if target not in WINDOW_TARGETS:
+        return
+    if attrs.get("window_seconds") != crop_seconds:
+        raise StoreError(f"{path}: cache windows are window_seconds={attrs.get('window_seconds')} s, this run's "
+                         f"crops are crop_seconds={crop_seconds} s; they must match (export again with "
+                         f"window_seconds={crop_seconds}, or pass --crop-seconds {attrs.get('window_seconds')})")
+    crop_segments = crop_seconds // SEGMENT_SECONDS
+    for entry in entries:  # one window per crop start: max(0, S_whole − crop) + 1
+        expected = max(0, entry.n_video_frames // SEGMENT_VIDEO_FRAMES - crop_segments) + 1
+        if cache.length(entry.key, TARGET_FIELDS[target]) != expected:
+            raise StoreError(f"{path}: {entry.key!r} has {cache.length(entry.key, TARGET_FIELDS[target])} "
+                             f"window rows, {crop_seconds} s crops need {expected}")
+
+
+def open_checked_cache(path: Path, classes: list[str], entries: list[Entry], expect_teacher: str | None,
+                       target: str = "crop-peak", crop_seconds: int = 5):
     """Open the teacher cache and refuse it, naming what differs, if it does not fit this training run."""
     cache = open_store(path)  # an incomplete store is refused with the command that finishes it
     attrs = cache.attrs
@@ -136,6 +212,7 @@ def open_checked_cache(path: Path, classes: list[str], entries: list[Entry], exp
     missing = [e.key for e in entries if e.key not in cache]
     if missing:
         raise StoreError(f"{path}: {len(missing)} training utterances have no cached targets, e.g. {missing[:3]}")
+    _check_targets(path, cache, target, crop_seconds, entries)
     return cache
 
 
@@ -190,18 +267,23 @@ def run(cfg: StudentConfig) -> Path:
     spectrograms = open_store(spectrogram_path)
 
     cache_path, cache, fingerprint, embed_dim = None, None, None, 512
+    target_kind = METHODS[cfg.method].target_for(cfg.level, cfg.target) if cfg.lam > 0 else None
     if cfg.lam > 0:
         cache_path = cfg.cache or find_store(runs.embeddings_dir(run_dir), cfg.dataset)
-        cache = open_checked_cache(cache_path, classes, train, cfg.expect_teacher)
+        cache = open_checked_cache(cache_path, classes, train, cfg.expect_teacher, target_kind, cfg.crop_seconds)
         fingerprint, embed_dim = cache.attrs["teacher_fingerprint"], int(cache.attrs["embed_dim"])
         cache.close()
 
-    spec = StudentSpec(cfg.arch, cfg.tiny, len(classes), embed_dim)
+    spec = StudentSpec(cfg.arch, cfg.tiny, len(classes), embed_dim, cfg.sequential)
     model = build_student(spec).to(device)
+    method = build_method(cfg.method, cfg.level, cfg.distance, cfg.temperature, embed_dim).to(device)
+    # what the optimiser trains and a resumed run restores: the student and the method's own parts
+    # (multitask's decoder, discarded at inference)
+    trained = nn.ModuleDict({"student": model, "method": method})
     # Workers are re-created each epoch from loader_generator, so a resumed run draws the same crops.
     loader_generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
-        _Crops(train, [class_index[e.label] for e in train], spectrogram_path, cache_path, cfg.crop_seconds, cfg.target),
+        _Crops(train, [class_index[e.label] for e in train], spectrogram_path, cache_path, cfg.crop_seconds, target_kind),
         batch_size=cfg.batch_size,
         shuffle=True,
         drop_last=len(train) > cfg.batch_size,
@@ -209,22 +291,22 @@ def run(cfg: StudentConfig) -> Path:
         pin_memory=device.type == "cuda",
         generator=loader_generator,
     )
-    optimiser, scheduler = adam_with_cyclic_lr(model, cfg.lr_min, cfg.lr_max, len(loader), cfg.cycle_epochs)
+    optimiser, scheduler = adam_with_cyclic_lr(trained, cfg.lr_min, cfg.lr_max, len(loader), cfg.cycle_epochs)
     val = by_split["val"] or by_split["test"]
     history, first_epoch = [], 1
     if resume_from is not None:
-        finished_epoch, history = load_training_state(resume_from, model, optimiser, scheduler, loader_generator)
+        finished_epoch, history = load_training_state(resume_from, trained, optimiser, scheduler, loader_generator)
         first_epoch = finished_epoch + 1
         tqdm.write(f"{out}: resuming after epoch {finished_epoch}")
     for epoch in range(first_epoch, cfg.epochs + 1):
         epoch_started = time.perf_counter()
-        model.train()
+        trained.train()
         sums = {"loss": 0.0, "cross_entropy": 0.0, "distance": 0.0}
         hits = seen = 0
         for spectrogram, labels, target in tqdm(loader, desc=f"student epoch {epoch}/{cfg.epochs}", unit="batch", leave=False):
             spectrogram, labels = spectrogram.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             target = target.to(device, non_blocking=True) if cache_path is not None else None
-            losses = routed_distillation(model.embed(spectrogram), model.head, labels, target, cfg.lam, cfg.distance)
+            losses = method(model, spectrogram, labels, target, cfg.lam)
             optimiser.zero_grad(set_to_none=True)
             losses.total.backward()
             optimiser.step()
@@ -237,7 +319,7 @@ def run(cfg: StudentConfig) -> Path:
         row["val_accuracy"] = identification(model, spectrograms, val, class_index, device)["top1"]
         row["seconds"] = time.perf_counter() - epoch_started
         history.append(row)
-        save_training_state(out / LAST_CHECKPOINT, model, optimiser, scheduler, loader_generator, epoch, history)
+        save_training_state(out / LAST_CHECKPOINT, trained, optimiser, scheduler, loader_generator, epoch, history)
         tqdm.write(f"student {cfg.run_name} epoch {epoch}: loss {row['loss']:.3f} "
                    f"(CE {row['cross_entropy']:.3f}, D {row['distance']:.4f}) val acc {row['val_accuracy']:.3f}")
 
@@ -245,9 +327,11 @@ def run(cfg: StudentConfig) -> Path:
     metrics = {
         "name": cfg.run_name,
         "method": cfg.method,
+        "level": cfg.level,
         "lambda": cfg.lam,
         "distance": cfg.distance,
-        "target": cfg.target,
+        "target": target_kind,
+        "temperature": cfg.temperature,
         "arch": cfg.arch,
         "tiny": cfg.tiny,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -262,7 +346,7 @@ def run(cfg: StudentConfig) -> Path:
     spectrograms.close()
     runs.save_checkpoint(
         {"spec": asdict(spec), "class_names": classes, "spectrogram": spectrogram_params,
-         "method": cfg.method, "lambda": cfg.lam, "teacher_fingerprint": fingerprint,
+         "method": cfg.method, "level": cfg.level, "lambda": cfg.lam, "teacher_fingerprint": fingerprint,
          "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
         out / "student.pt",
     )

@@ -1,4 +1,10 @@
-"""Stage 1: train a video teacher on the face-crop frame store (random frames of each utterance)."""
+"""Stage 1: train a video teacher on the face-crop frame store.
+
+Non-sequential: random frames of each utterance, CE per frame. Sequential: a random window of
+`window_seconds` on the 1 s grid; each segment is represented by the mean embedding of
+`frames_per_segment` random frames of it (export uses all 25), the aggregator pools the segments,
+CE per window. Subsampling frames keeps a training batch at B·S·k frames instead of B·S·25.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +20,9 @@ from tqdm import tqdm
 from cache.store import open_store
 from pipeline import config as config_io
 from pipeline import runs
+from pipeline.features import SEGMENT_VIDEO_FRAMES, n_segments, random_crop, segment_means
 from pipeline.manifest import read_classes, read_manifest
-from pipeline.models.teachers import TEACHERS, TeacherSpec, build_teacher
+from pipeline.models.teachers import TEACHERS, TeacherSpec, build_teacher, load_initial_weights
 from pipeline.runs import find_store
 from pipeline.training import (
     LAST_CHECKPOINT,
@@ -39,6 +46,9 @@ class TeacherConfig:
     epochs: int = 50
     batch_size: int = 32  # utterances per batch; each contributes frames_per_utterance frames
     frames_per_utterance: int = 8
+    sequential: bool = False  # add the 2×BiLSTM + attention aggregator and train on windows
+    window_seconds: int = 5  # sequential: training window; export caches aggregator rows of this length
+    frames_per_segment: int = 4  # sequential: random frames per 1 s segment in training
     lr_min: float = 1e-4
     lr_max: float = 1e-3
     cycle_epochs: float = 4.0
@@ -52,8 +62,9 @@ class TeacherConfig:
     def validate(self) -> None:
         if self.arch not in TEACHERS:
             raise config_io.ConfigError(f"train-teacher: unknown arch {self.arch!r}; registered: {sorted(TEACHERS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.frames_per_utterance < 1:
-            raise config_io.ConfigError("train-teacher: epochs, batch_size and frames_per_utterance must be >= 1")
+        counts = ("epochs", "batch_size", "frames_per_utterance", "window_seconds", "frames_per_segment")
+        if any(getattr(self, name) < 1 for name in counts):
+            raise config_io.ConfigError(f"train-teacher: {', '.join(counts)} must be >= 1")
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -88,18 +99,55 @@ def _collate(items):
     return frames, labels
 
 
+class _RandomWindows(_RandomFrames):
+    """Item = a random window on the 1 s grid: k random frames of each of its S segments, (S, k, H, W, 3).
+
+    Utterances shorter than the window repeat their segments (as student crops repeat-pad)."""
+
+    def __init__(self, store_path: Path, keys: list[str], labels: list[int], window_seconds: int, frames_per_segment: int):
+        super().__init__(store_path, keys, labels, frames_per_segment)
+        self.window_seconds = window_seconds
+
+    def __getitem__(self, index: int):
+        if self.store is None:
+            self.store = open_store(self.store_path)
+        key = self.keys[index]
+        n_frames = self.store.length(key, "frames")
+        crop = random_crop(n_frames, self.window_seconds)
+        segments = (crop.start_segment + torch.arange(crop.n_segments)) % n_segments(n_frames)  # (S,)
+        first = segments * SEGMENT_VIDEO_FRAMES
+        length = torch.clamp(n_frames - first, max=SEGMENT_VIDEO_FRAMES)  # a partial last segment is shorter
+        picks = first[:, None] + (torch.rand(len(segments), self.k) * length[:, None]).long()  # (S, k)
+        start, stop = int(picks.min()), int(picks.max()) + 1
+        frames = self.store.read(key, "frames", start, stop)[(picks - start).numpy()]  # (S, k, H, W, 3)
+        if torch.rand(()) < 0.5:
+            frames = frames[:, :, :, ::-1]  # horizontal flip
+        return torch.from_numpy(np.ascontiguousarray(frames)), self.labels[index]
+
+
+def _collate_windows(items):
+    return torch.stack([frames for frames, _ in items]), torch.tensor([label for _, label in items])
+
+
 @torch.inference_mode()
 def evaluate_teacher(model, store, keys: list[str], labels: list[int], device, batch_frames: int = 256) -> dict:
-    """Frame accuracy and utterance accuracy (mean of frame logits over every frame of the utterance)."""
+    """Frame accuracy and utterance accuracy: the mean of frame logits over every frame of the utterance, or
+    for a sequential teacher the aggregator over all its segment means (Eq. 5, 6)."""
     model.eval()
     frame_hits = frame_total = utterance_hits = 0
     for key, label in zip(keys, labels):
         frames = torch.from_numpy(store.read(key, "frames"))
-        logits = torch.cat([model(frames[i : i + batch_frames].to(device))[1].float().cpu()
-                            for i in range(0, len(frames), batch_frames)])
+        outputs = [model(frames[i : i + batch_frames].to(device)) for i in range(0, len(frames), batch_frames)]
+        logits = torch.cat([logit.float().cpu() for _, logit in outputs])
         frame_hits += int((logits.argmax(1) == label).sum())
         frame_total += len(logits)
-        utterance_hits += int(logits.mean(0).argmax() == label)
+        if model.aggregator is None:
+            utterance_logits = logits.mean(0)
+        else:
+            embeddings = torch.cat([embedding.float().cpu() for embedding, _ in outputs]).numpy()
+            segments = torch.from_numpy(segment_means(embeddings))[None].to(device)  # (1, S, D)
+            utterance_logits = model.head(model.aggregate(segments))[0]
+        utterance_hits += int(utterance_logits.argmax() == label)
     return {"frame_accuracy": frame_hits / max(frame_total, 1), "utterance_accuracy": utterance_hits / max(len(keys), 1)}
 
 
@@ -120,24 +168,30 @@ def run(cfg: TeacherConfig) -> Path:
         raise RuntimeError(f"{prepared}: the manifest has no training utterances")
     store_path = find_store(prepared, "faces")
 
-    spec = TeacherSpec(cfg.arch, cfg.tiny, len(classes), cfg.embed_dim)
+    spec = TeacherSpec(cfg.arch, cfg.tiny, len(classes), cfg.embed_dim, cfg.sequential)
     model = build_teacher(spec)
     if cfg.init_weights is not None:
         state = torch.load(cfg.init_weights, map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(state.get("state_dict", state), strict=False)
-        tqdm.write(f"train-teacher: initialised from {cfg.init_weights} (missing {len(missing)}, unexpected {len(unexpected)})")
+        report = load_initial_weights(model, state)
+        tqdm.write(f"train-teacher: initialised {len(report['loaded'])} tensors from {cfg.init_weights} "
+                   f"(missing {len(report['missing'])}, skipped {len(report['skipped'])})")
     model.to(device)
 
     train = by_split["train"]
+    train_keys, train_labels = [e.key for e in train], [class_index[e.label] for e in train]
+    if cfg.sequential:
+        dataset = _RandomWindows(store_path, train_keys, train_labels, cfg.window_seconds, cfg.frames_per_segment)
+    else:
+        dataset = _RandomFrames(store_path, train_keys, train_labels, cfg.frames_per_utterance)
     # Workers are re-created each epoch from loader_generator, so a resumed run draws the same crops.
     loader_generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
-        _RandomFrames(store_path, [e.key for e in train], [class_index[e.label] for e in train], cfg.frames_per_utterance),
+        dataset,
         batch_size=cfg.batch_size,
         shuffle=True,
         drop_last=len(train) > cfg.batch_size,
         num_workers=cfg.num_workers,
-        collate_fn=_collate,
+        collate_fn=_collate_windows if cfg.sequential else _collate,
         generator=loader_generator,
     )
     optimiser, scheduler = adam_with_cyclic_lr(model, cfg.lr_min, cfg.lr_max, len(loader), cfg.cycle_epochs)
@@ -154,7 +208,7 @@ def run(cfg: TeacherConfig) -> Path:
         losses, hits, seen = [], 0, 0
         for frames, labels in tqdm(loader, desc=f"teacher epoch {epoch}/{cfg.epochs}", unit="batch", leave=False):
             frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            _, logits = model(frames)
+            _, logits = model.forward_window(frames) if cfg.sequential else model(frames)
             loss = F.cross_entropy(logits, labels)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -163,7 +217,7 @@ def run(cfg: TeacherConfig) -> Path:
             losses.append(loss.item())
             hits += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "train_frame_accuracy": hits / seen}
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "train_accuracy": hits / seen}  # per frame or window
         row.update({f"val_{k}": v for k, v in evaluate_teacher(
             model, store, [e.key for e in val], [class_index[e.label] for e in val], device).items()})
         row["seconds"] = time.perf_counter() - epoch_started
@@ -177,6 +231,7 @@ def run(cfg: TeacherConfig) -> Path:
     store.close()
     checkpoint = runs.save_checkpoint(
         {"spec": asdict(spec), "class_names": classes, "face_size": face_size,
+         "window_seconds": cfg.window_seconds if cfg.sequential else None,
          "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
         runs.teacher_checkpoint(run_dir),
     )
@@ -185,6 +240,7 @@ def run(cfg: TeacherConfig) -> Path:
         "teacher_fingerprint": fingerprint,
         "arch": cfg.arch,
         "tiny": cfg.tiny,
+        "sequential": cfg.sequential,
         "parameters": sum(p.numel() for p in model.parameters()),
         "test": test_metrics,
         "train_seconds": sum(row["seconds"] for row in history),
@@ -192,7 +248,7 @@ def run(cfg: TeacherConfig) -> Path:
     }
     runs.write_json(out / "metrics.json", metrics)
     (out / LAST_CHECKPOINT).unlink()  # the run is finished: its weights live in the final checkpoint
-    plot_history(history, ("loss", "train_frame_accuracy", "val_utterance_accuracy"), out / "history.png", "teacher")
+    plot_history(history, ("loss", "train_accuracy", "val_utterance_accuracy"), out / "history.png", "teacher")
     tqdm.write(
         f"train-teacher: test utterance accuracy {test_metrics['utterance_accuracy']:.3f}, "
         f"frame accuracy {test_metrics['frame_accuracy']:.3f} → {checkpoint}"

@@ -1,13 +1,51 @@
-"""A ResNet trunk with configurable widths, built from torchvision's residual blocks."""
+"""A ResNet trunk with configurable widths, built from torchvision's residual blocks (SE variants included)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
+from torchvision.ops import SqueezeExcitation
 
-BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+SE_REDUCTION = 16  # squeeze ratio of the SE-ResNet paper
+
+
+def _squeeze_excitation(channels: int) -> SqueezeExcitation:
+    return SqueezeExcitation(channels, max(channels // SE_REDUCTION, 4))
+
+
+class SEBasicBlock(BasicBlock):
+    """torchvision's BasicBlock with squeeze-and-excitation on the residual branch, before the addition."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__(inplanes, planes, stride, downsample)
+        self.se = _squeeze_excitation(planes * self.expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.se(self.bn2(self.conv2(out)))
+        return self.relu(out + identity)
+
+
+class SEBottleneck(Bottleneck):
+    """torchvision's 1×1-3×3-1×1 Bottleneck with squeeze-and-excitation before the addition."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__(inplanes, planes, stride, downsample)
+        self.se = _squeeze_excitation(planes * self.expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.se(self.bn3(self.conv3(out)))
+        return self.relu(out + identity)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck, "se-basic": SEBasicBlock, "se-bottleneck": SEBottleneck}
 
 
 @dataclass(frozen=True)
@@ -23,6 +61,9 @@ class TrunkSpec:
     @property
     def out_channels(self) -> int:
         return self.widths[-1] * BLOCKS[self.block].expansion
+
+    def build(self) -> ResNetTrunk:
+        return ResNetTrunk(self)
 
 
 class ResNetTrunk(nn.Module):

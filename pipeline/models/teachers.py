@@ -1,4 +1,8 @@
-"""Video teachers: per-frame face encoders giving an embedding and class logits (stage 1 and 2 only)."""
+"""Video teachers: per-frame face encoders giving an embedding and class logits (stage 1 and 2 only).
+
+Non-sequential: frame → trunk → pooled → embedding (Eq. 2) → FC head. Sequential: the same frame encoder,
+per-segment means of frame embeddings (Eq. 6), the 2×BiLSTM + attention aggregator (Eq. 5), FC head.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.models.resnet import ResNetTrunk, TrunkSpec
+from pipeline.models.aggregator import Aggregator
+from pipeline.models.resnet import TrunkSpec
+from pipeline.models.vgg import Vgg16Spec
 
 # Face crops arrive as uint8 RGB; the teacher normalises them itself so every caller feeds raw frames.
 PIXEL_MEAN = (0.5, 0.5, 0.5)
@@ -22,17 +28,22 @@ class TeacherSpec:
     tiny: bool
     num_classes: int
     embed_dim: int = 512
+    sequential: bool = False
 
 
 class FrameTeacher(nn.Module):
-    """Face crop → trunk → pooled → embedding (Eq. 2) → FC head; (B, H, W, 3) uint8 → (B, D), (B, C)."""
+    """Face crop → trunk → pooled → embedding (Eq. 2) → FC head; (B, H, W, 3) uint8 → (B, D), (B, C).
 
-    def __init__(self, spec: TeacherSpec, trunk: TrunkSpec):
+    With `spec.sequential`, the head reads the aggregator's output over segment embeddings instead.
+    """
+
+    def __init__(self, spec: TeacherSpec, trunk):
         super().__init__()
         self.spec = spec
-        self.trunk = ResNetTrunk(trunk)
+        self.trunk = trunk.build()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embedding = nn.Linear(trunk.out_channels, spec.embed_dim)
+        self.aggregator = Aggregator(spec.embed_dim) if spec.sequential else None
         self.head = nn.Linear(spec.embed_dim, spec.num_classes)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
@@ -43,15 +54,38 @@ class FrameTeacher(nn.Module):
         pooled = self.pool(self.trunk(x)).flatten(1)  # (B, C_trunk)
         return self.embedding(pooled)  # (B, D)
 
+    def aggregate(self, segments: torch.Tensor) -> torch.Tensor:
+        """Sequential teachers only: (B, S, D) segment embeddings → (B, D) aggregator embedding (Eq. 5)."""
+        return self.aggregator(segments)
+
+    def frame_logits(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Class logits from single frames; a sequential teacher reads each frame as a one-step sequence."""
+        if self.aggregator is None:
+            return self.head(embedding)
+        return self.head(self.aggregator(embedding[:, None]))
+
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per frame: (B, H, W, 3) → embedding (B, D), logits (B, C)."""
         embedding = self.embed(frames)
-        return embedding, self.head(embedding)
+        return embedding, self.frame_logits(embedding)
+
+    def forward_window(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequential: (B, S, k, H, W, 3), k frames of each of S segments → aggregator embedding (B, D), logits."""
+        batch, n_segments, k = frames.shape[:3]
+        embeddings = self.embed(frames.flatten(0, 2)).view(batch, n_segments, k, -1)
+        aggregate = self.aggregate(embeddings.mean(dim=2))  # segment means (Eq. 6) → (B, D)
+        return aggregate, self.head(aggregate)
 
 
 TEACHER_TRUNKS = {
+    "vgg16": {False: Vgg16Spec(), True: Vgg16Spec((16, "M", 32, "M", 64, "M", 128, "M"))},
     "resnet34": {
         False: TrunkSpec("basic", (3, 4, 6, 3), (64, 128, 256, 512)),
         True: TrunkSpec("basic", (1, 1, 1, 1), (16, 32, 64, 128)),
+    },
+    "seresnet34": {  # ResNet34 with torchvision.ops.SqueezeExcitation in every block
+        False: TrunkSpec("se-basic", (3, 4, 6, 3), (64, 128, 256, 512)),
+        True: TrunkSpec("se-basic", (1, 1, 1, 1), (16, 32, 64, 128)),
     },
 }
 TEACHERS = {name: FrameTeacher for name in TEACHER_TRUNKS}
@@ -62,3 +96,28 @@ def build_teacher(spec: TeacherSpec) -> FrameTeacher:
     if spec.arch not in TEACHERS:
         raise ValueError(f"unknown teacher architecture {spec.arch!r}; registered: {sorted(TEACHERS)}")
     return TEACHERS[spec.arch](spec, TEACHER_TRUNKS[spec.arch][spec.tiny])
+
+
+def _from_torchvision_names(state: dict) -> dict:
+    """Rename torchvision `resnet*` (conv1, bn1, layerN) and `vgg*_bn` (features) keys to this trunk's names."""
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("features."):
+            key = "trunk." + key.removeprefix("features.")
+        elif key.startswith(("conv1.", "bn1.")):
+            key = ("trunk.stem.0." if key.startswith("conv1.") else "trunk.stem.1.") + key.split(".", 1)[1]
+        elif key.startswith("layer") and key[5].isdigit():
+            key = f"trunk.stages.{int(key[5]) - 1}." + key.split(".", 1)[1]
+        renamed[key] = value
+    return renamed
+
+
+def load_initial_weights(model: FrameTeacher, state: dict) -> dict[str, list[str]]:
+    """Initialise from a local weights file (an avl teacher or a torchvision checkpoint); returns what was
+    loaded, missing, or skipped (unknown names or other shapes, e.g. a head for other classes)."""
+    state = _from_torchvision_names(state.get("state_dict", state))
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    return {"loaded": sorted(usable), "missing": sorted(set(own) - set(usable)),
+            "skipped": sorted(set(state) - set(usable))}

@@ -1,0 +1,109 @@
+"""Sequential pipeline on the tiny corpus: a sequential teacher, its per-window cache (aggregator and
+window_soft rows), and stage 3 at every method and level with no teacher present; refusals name the cause."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cache.store import StoreError, open_store
+from pipeline import config as config_io
+from pipeline import runs
+from pipeline.features import SEGMENT_VIDEO_FRAMES
+
+pytestmark = pytest.mark.slow
+
+WINDOW_SECONDS = 2
+
+
+@pytest.fixture(scope="module")
+def sequential_run(tiny_run, tmp_path_factory) -> Path:
+    """A run dir sharing tiny_run's prepared stores, with a tiny sequential teacher and its cache."""
+    from stages import export_embeddings, train_teacher
+
+    run_dir = tmp_path_factory.mktemp("sequential") / "run"
+    run_dir.mkdir()
+    (run_dir / "prepare").symlink_to(tiny_run / "run" / "prepare")
+    train_teacher.run(config_io.build(train_teacher.TeacherConfig, {
+        "run_dir": run_dir, "arch": "seresnet34", "tiny": True, "sequential": True, "window_seconds": WINDOW_SECONDS,
+        "frames_per_segment": 2, "epochs": 1, "batch_size": 4, "num_workers": 0, "device": "cpu"}))
+    export_embeddings.run(config_io.build(export_embeddings.ExportConfig, {
+        "run_dir": run_dir, "device": "cpu", "num_workers": 0, "batch_frames": 256}))
+    return run_dir
+
+
+def _expected_windows(n_frames: int) -> list[tuple[int, int]]:
+    whole = n_frames // SEGMENT_VIDEO_FRAMES
+    if whole < WINDOW_SECONDS:
+        return [(0, math.ceil(n_frames / SEGMENT_VIDEO_FRAMES))]
+    return [(start, start + WINDOW_SECONDS) for start in range(whole - WINDOW_SECONDS + 1)]
+
+
+def test_cache_holds_one_aggregator_row_per_window(sequential_run):
+    from pipeline.models.teachers import TeacherSpec, build_teacher
+
+    cache = open_store(runs.embeddings_dir(sequential_run) / "voxceleb.zarr")
+    assert cache.attrs["window_seconds"] == WINDOW_SECONDS and cache.attrs["teacher_sequential"] is True
+    checkpoint = torch.load(runs.teacher_checkpoint(sequential_run), weights_only=True)
+    teacher = build_teacher(TeacherSpec(**checkpoint["spec"]))
+    teacher.load_state_dict(checkpoint["state_dict"])
+    teacher.eval()
+    lengths = set()
+    for key in cache.keys:
+        windows = _expected_windows(cache.length(key, "frames"))
+        lengths.add(windows[0][1] - windows[0][0])
+        assert cache.length(key, "aggregator") == cache.length(key, "window_soft") == len(windows)
+        np.testing.assert_allclose(cache.read(key, "window_soft").sum(axis=1), 1.0, atol=1e-5)
+        segments = torch.from_numpy(cache.read(key, "segments").astype(np.float32))
+        first, stop = windows[-1]
+        with torch.inference_mode():
+            expected = teacher.aggregate(segments[first:stop][None])[0].numpy()
+        np.testing.assert_allclose(cache.read(key, "aggregator")[-1].astype(np.float32), expected, atol=5e-3)
+    assert WINDOW_SECONDS in lengths  # (short utterances have one window over their own segments)
+
+
+@pytest.mark.parametrize(("method", "level"), [
+    ("proposed", "encoder"), ("proposed", "aggregator"), ("soft-label", "aggregator"), ("multitask", "encoder"),
+    ("soft-label", "non-sequential"), ("multitask", "non-sequential"),
+])
+def test_student_trains_at_every_level_from_the_cache_alone(sequential_run, method, level):
+    from stages import train_student
+
+    out = train_student.run(config_io.build(train_student.StudentConfig, {
+        "run_dir": sequential_run, "arch": "vgg", "tiny": True, "method": method, "level": level, "lam": 0.5,
+        "epochs": 1, "batch_size": 4, "crop_seconds": WINDOW_SECONDS, "num_workers": 0, "device": "cpu"}))
+    metrics = runs.read_json(out / "metrics.json")
+    assert out.name == f"vgg-{level}-{method}-lambda0.5-seed0".replace("-non-sequential", "")
+    assert metrics["level"] == level and metrics["history"][0]["distance"] > 0
+    assert math.isfinite(metrics["history"][0]["loss"])
+    checkpoint = torch.load(out / "student.pt", weights_only=True)
+    assert checkpoint["spec"]["sequential"] == (level != "non-sequential")
+    assert not any(key.startswith("decoder") for key in checkpoint["state_dict"])  # multitask's decoder is dropped
+
+
+def test_aggregator_level_refuses_a_non_sequential_cache(tiny_run, tmp_path):
+    from stages import export_embeddings, train_student
+
+    cache = export_embeddings.run(config_io.build(export_embeddings.ExportConfig, {
+        "run_dir": tiny_run / "run", "out": tmp_path / "frames.zarr", "device": "cpu", "num_workers": 0}))
+    cfg = config_io.build(train_student.StudentConfig, {
+        "run_dir": tmp_path / "run", "cache": cache, "tiny": True, "level": "aggregator", "epochs": 1,
+        "crop_seconds": WINDOW_SECONDS, "num_workers": 0, "device": "cpu"})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "prepare").symlink_to(tiny_run / "run" / "prepare")
+    with pytest.raises(StoreError, match="no 'aggregator' rows.*non-sequential teacher.*--sequential"):
+        train_student.run(cfg)
+
+
+def test_window_length_must_match_the_crop(sequential_run):
+    from stages import train_student
+
+    cfg = config_io.build(train_student.StudentConfig, {
+        "run_dir": sequential_run, "tiny": True, "level": "aggregator", "epochs": 1, "crop_seconds": 3,
+        "num_workers": 0, "device": "cpu", "name": "refused-window"})
+    with pytest.raises(StoreError, match="window_seconds=2 s.*crop_seconds=3 s"):
+        train_student.run(cfg)
