@@ -135,6 +135,7 @@ def export_embeddings(
     num_workers: Optional[int] = WorkersOption,
     device: Optional[str] = DeviceOption,
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a cache made by another teacher."),
+    window_seconds: Optional[int] = typer.Option(None, help="Sequential teachers: aggregator window (default: the teacher's)."),
     commit_seconds: Optional[float] = typer.Option(None, help="Commit written utterances at least this often."),
     part: Optional[int] = typer.Option(None, help="Write part PART of NUM_PARTS (default: torchrun's RANK)."),
     num_parts: Optional[int] = typer.Option(None, help="Number of parts (default: torchrun's WORLD_SIZE)."),
@@ -146,7 +147,7 @@ def export_embeddings(
     stage.run(config_io.load(stage.ExportConfig, config, _overrides(
         dataset=dataset, run_dir=run_dir, teacher=teacher, out=out, store=store, dtype=dtype,
         batch_frames=batch_frames, num_workers=num_workers, device=device, overwrite=overwrite,
-        commit_seconds=commit_seconds, part=part, num_parts=num_parts)))
+        commit_seconds=commit_seconds, part=part, num_parts=num_parts, window_seconds=window_seconds)))
 
 
 @stage_app.command("train-student")
