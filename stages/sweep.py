@@ -341,11 +341,15 @@ def plot_against_lambda(cfg: SweepConfig, summary: dict, key: str, label: str, a
         if points:
             axis.errorbar([lam for lam, _ in points], [scale * s[0] for _, s in points],
                           yerr=[scale * s[1] for _, s in points], marker="o", capsize=3, label=method)
+            for lam, stat in points:
+                if stat[2] < len(cfg.seeds):  # a point that averages fewer seeds than asked for says so
+                    axis.annotate(f"n={stat[2]}", (lam, scale * stat[0]), textcoords="offset points",
+                                  xytext=(4, 4), fontsize=7)
     if key == "top1" and teacher_accuracy is not None:
         axis.axhline(scale * teacher_accuracy, color="grey", linestyle="--", linewidth=1, label="video teacher")
     axis.set_xlabel("λ")
     axis.set_ylabel(f"{label} (%)" if scale == 100 else label)
-    axis.set_title(f"{label} against λ — {arch}{' (tiny)' if cfg.tiny else ''}, {len(cfg.seeds)} seeds")
+    axis.set_title(f"{label} against λ — {arch}{' (tiny)' if cfg.tiny else ''}; mean ± std over seeds", fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

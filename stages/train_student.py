@@ -232,10 +232,10 @@ def embed_utterances(model, spectrograms, keys: list[str], device) -> tuple[np.n
 
 
 def identification(model, spectrograms, entries: list[Entry], class_index: dict, device) -> dict:
+    """Top-1/top-5, UA, WA, per-class recall and the confusion matrix on full-length utterances."""
     _, logits = embed_utterances(model, spectrograms, [e.key for e in entries], device)
-    labels = np.array([class_index[e.label] for e in entries])
-    return {"top1": metric_fns.accuracy(logits, labels, 1), "top5": metric_fns.accuracy(logits, labels, 5),
-            "utterances": len(entries)}
+    labels = np.array([class_index[e.label] for e in entries], dtype=np.int64)
+    return metric_fns.classification_metrics(logits, labels, list(class_index))
 
 
 def verification(model, spectrograms, trials, device) -> dict | None:
