@@ -17,9 +17,9 @@ from stages import export_embeddings, prepare, train_student, train_teacher
 # Sizes: "small" is the demo (a few minutes on 2 CPU cores); "tiny" is for tests (seconds).
 SIZES = {
     "small": {
-        "synth": {"utterances_per_speaker": 32},
+        "synth": {"utterances_per_speaker": 24},
         "teacher": {"epochs": 8, "frames_per_utterance": 8, "batch_size": 16},
-        "student": {"epochs": 24, "batch_size": 16, "lr_max": 2e-3},
+        "student": {"epochs": 16, "batch_size": 16, "lr_max": 2e-3},
     },
     "tiny": {
         "synth": {"n_speakers": 4, "n_verification_speakers": 2, "utterances_per_speaker": 8,
