@@ -3,10 +3,35 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from pipeline import runs
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Settings every training stage shares: where the run lives, the schedule, seed, workers, device."""
+
+    dataset: str = "voxceleb"
+    run_dir: Path | None = None
+    epochs: int = 50
+    batch_size: int = 32
+    lr_min: float = 1e-4
+    lr_max: float = 1e-3
+    cycle_epochs: float = 4.0
+    seed: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+    resume: bool = False  # continue an interrupted run from its last epoch checkpoint
+    overwrite: bool = False  # replace a finished or unfinished run of the same name
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir or runs.default_run_dir(self.dataset)
 
 
 def adam_with_cyclic_lr(
@@ -100,9 +125,7 @@ class TrainingStateError(RuntimeError):
 def save_training_state(path: Path, model: nn.Module, optimiser, scheduler, loader_generator: torch.Generator,
                         epoch: int, history: list[dict]) -> None:
     """Everything an interrupted run needs to continue exactly: weights, optimiser, schedule, RNG, epoch."""
-    from pipeline.runs import save_checkpoint
-
-    save_checkpoint(
+    runs.save_checkpoint(
         {
             "epoch": epoch,
             "history": history,

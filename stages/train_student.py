@@ -35,6 +35,7 @@ from pipeline.manifest import Entry, read_classes, read_manifest, read_trials
 from pipeline.models.students import STUDENTS, StudentSpec, build_student
 from pipeline.runs import find_store
 from pipeline.training import (
+    TrainingConfig,
     LAST_CHECKPOINT,
     adam_with_cyclic_lr,
     load_training_state,
@@ -47,11 +48,9 @@ TARGETS = ("crop-peak", "utterance-peak")
 
 
 @dataclass(frozen=True)
-class StudentConfig:
+class StudentConfig(TrainingConfig):
     """Stage 3 settings."""
 
-    dataset: str = "voxceleb"
-    run_dir: Path | None = None
     cache: Path | None = None  # default: the run's embeddings/<dataset>.<zarr|h5>
     arch: str = "resnet"
     tiny: bool = False
@@ -61,17 +60,7 @@ class StudentConfig:
     distance: str = "mse"
     target: str = "crop-peak"  # non-sequential level: the peak frame inside the crop, or of the whole utterance
     temperature: float = 2.0  # soft-label baseline: T of Eq. 1
-    epochs: int = 50
-    batch_size: int = 32
     crop_seconds: int = 5
-    lr_min: float = 1e-4
-    lr_max: float = 1e-3
-    cycle_epochs: float = 4.0
-    seed: int = 0
-    num_workers: int = 2
-    device: str = "auto"
-    resume: bool = False  # continue an interrupted run from its last epoch checkpoint
-    overwrite: bool = False  # replace a finished or unfinished run of the same name
     name: str | None = None
     expect_teacher: str | None = None  # fingerprint (or prefix) the cache must have been made by
 
@@ -92,10 +81,6 @@ class StudentConfig:
             raise config_io.ConfigError(f"train-student: lambda must lie in [0, 1], got {self.lam}")
         if self.crop_seconds < 1:
             raise config_io.ConfigError("train-student: crop_seconds must be >= 1")
-
-    @property
-    def resolved_run_dir(self) -> Path:
-        return self.run_dir or runs.default_run_dir(self.dataset)
 
     @property
     def sequential(self) -> bool:

@@ -25,6 +25,7 @@ from pipeline.manifest import read_classes, read_manifest
 from pipeline.models.teachers import TEACHERS, TeacherSpec, build_teacher, load_initial_weights
 from pipeline.runs import find_store
 from pipeline.training import (
+    TrainingConfig,
     LAST_CHECKPOINT,
     adam_with_cyclic_lr,
     load_training_state,
@@ -35,28 +36,17 @@ from pipeline.training import (
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
+class TeacherConfig(TrainingConfig):
     """Stage 1 settings."""
 
-    dataset: str = "voxceleb"
-    run_dir: Path | None = None
     arch: str = "resnet34"
     tiny: bool = False
     embed_dim: int = 512
-    epochs: int = 50
     batch_size: int = 32  # utterances per batch; each contributes frames_per_utterance frames
     frames_per_utterance: int = 8
     sequential: bool = False  # add the 2×BiLSTM + attention aggregator and train on windows
     window_seconds: int = 5  # sequential: training window; export caches aggregator rows of this length
     frames_per_segment: int = 4  # sequential: random frames per 1 s segment in training
-    lr_min: float = 1e-4
-    lr_max: float = 1e-3
-    cycle_epochs: float = 4.0
-    seed: int = 0
-    num_workers: int = 2
-    device: str = "auto"
-    resume: bool = False  # continue an interrupted run from its last epoch checkpoint
-    overwrite: bool = False  # replace a finished or unfinished run of the same name
     init_weights: Path | None = None
 
     def validate(self) -> None:
@@ -65,10 +55,6 @@ class TeacherConfig:
         counts = ("epochs", "batch_size", "frames_per_utterance", "window_seconds", "frames_per_segment")
         if any(getattr(self, name) < 1 for name in counts):
             raise config_io.ConfigError(f"train-teacher: {', '.join(counts)} must be >= 1")
-
-    @property
-    def resolved_run_dir(self) -> Path:
-        return self.run_dir or runs.default_run_dir(self.dataset)
 
 
 class _RandomFrames(torch.utils.data.Dataset):
