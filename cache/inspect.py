@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 
 from cache.parts import PartedReader
-from cache.store import RaggedReader, StoreError, array_stats, not_complete_message, open_store
+from cache.store import (
+    RaggedReader,
+    StoreError,
+    array_stats,
+    not_complete_message,
+    open_store,
+)
 from cache.zarr_store import partial_files
 
 # a float field is scanned for NaN/Inf in blocks of about this size, never read whole
@@ -137,9 +143,19 @@ def _manifest_problems(reader: RaggedReader | PartedReader, manifest: Path) -> l
     except FileNotFoundError as error:
         return [str(error)]
     problems = []
-    missing = [entry.key for entry in entries if entry.key not in reader]
+    # a teacher cache records the splits it exported (test is left out); other stores hold every key
+    splits = reader.attrs.get("splits")
+    covered = [entry for entry in entries if splits is None or entry.split in splits]
+    missing = [entry.key for entry in covered if entry.key not in reader]
     if missing:
-        problems.append(f"{len(missing)} of {len(entries)} manifest keys are missing from the store, e.g. {missing[:3]}")
+        what = "manifest keys" if splits is None else f"manifest keys of splits {splits}"
+        problems.append(f"{len(missing)} of {len(covered)} {what} are missing from the store, e.g. {missing[:3]}")
+    if splits is not None:
+        extra = [entry for entry in entries if entry.split not in splits and entry.key in reader]
+        if extra:
+            found = sorted({entry.split for entry in extra})
+            problems.append(f"the store holds {len(extra)} keys of splits {found} it was not to export (splits "
+                            f"{splits}), e.g. {[entry.key for entry in extra[:3]]}")
     recorded, actual = reader.attrs.get("manifest_sha256"), manifest_hash(directory)
     if recorded is None:
         problems.append("the store records no manifest_sha256, so it cannot be matched to a manifest")
@@ -165,8 +181,9 @@ def verify_store(
     path: str | os.PathLike, manifest: str | os.PathLike | None = None, teacher: str | os.PathLike | None = None
 ) -> list[str]:
     """Every problem found (an empty list: the store is sound): completeness, unique keys, offsets, row
-    counts, NaN/Inf, coverage of a manifest (a prepare directory or its manifest.tsv) and its hash, and
-    the fingerprint of a teacher checkpoint."""
+    counts, NaN/Inf, coverage of a manifest (a prepare directory or its manifest.tsv; of the splits a teacher
+    cache records as exported, and none of the others) and its hash, and the fingerprint of a teacher
+    checkpoint."""
     try:
         reader = open_store(path, require_complete=False)
     except StoreError as error:

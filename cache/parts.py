@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from cache.store import SUFFIXES, FieldSpec, RaggedReader, StoreError, not_complete_message
+from cache.store import (
+    SUFFIXES,
+    FieldSpec,
+    RaggedReader,
+    StoreError,
+    not_complete_message,
+)
 
 PART_NAME = re.compile(r"part-(\d{5})(" + "|".join(re.escape(s) for s in SUFFIXES.values()) + r")")
 

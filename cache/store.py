@@ -542,7 +542,10 @@ def open_for_append(path: str | os.PathLike) -> RaggedWriter:
 
 def open_store(path: str | os.PathLike, require_complete: bool = True) -> RaggedReader | PartedReader:
     """Open a store, or a directory of parts as one store; incomplete is a StoreError unless require_complete=False."""
-    from cache.parts import PartedReader, is_parts_directory  # parts.py builds on this module
+    from cache.parts import (  # parts.py builds on this module
+        PartedReader,
+        is_parts_directory,
+    )
 
     if is_parts_directory(Path(path)):
         return PartedReader(path, require_complete)

@@ -12,7 +12,10 @@ from pipeline import config as config_io
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Audio representation learning with video as privileged information (LUPI).")
-stage_app = typer.Typer(no_args_is_help=True, help="Run one pipeline stage (0 prepare, 1 teacher, 2 export, 3 student).")
+stage_app = typer.Typer(no_args_is_help=True, help=(
+    "Run one pipeline stage (0 prepare, 1 teacher, 2 export, 3 student). train-teacher, export-embeddings and "
+    "train-student also take --nproc-per-node N: they re-run themselves under torchrun with N processes "
+    "(DDP training; export sharded by rank into one store)."))
 data_app = typer.Typer(no_args_is_help=True, help="Make or inspect datasets.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and verify stores (embedding caches, spectrogram shards).")
 app.add_typer(stage_app, name="stage")
@@ -26,6 +29,10 @@ StoreOption = typer.Option(None, help="Storage backend for what this stage write
 WorkersOption = typer.Option(None, help="DataLoader worker processes.")
 DeviceOption = typer.Option(None, help="cpu, cuda, cuda:N or auto.")
 SeedOption = typer.Option(None, help="Random seed.")
+PrecisionOption = typer.Option(None, help="bf16 (autocast) or fp32; auto: bf16 on CUDA, fp32 on the CPU.")
+ChannelsLastOption = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC convolutions (default: on for CUDA).")
+CompileOption = typer.Option(None, "--compile", help="torch.compile the training step.")
+MaxStepsOption = typer.Option(None, help="Stop every epoch after this many batches (smoke runs, benchmarks).")
 
 
 def _overrides(**values) -> dict:
@@ -110,9 +117,13 @@ def train_teacher(
     num_workers: Optional[int] = WorkersOption,
     device: Optional[str] = DeviceOption,
     seed: Optional[int] = SeedOption,
+    precision: Optional[str] = PrecisionOption,
+    channels_last: Optional[bool] = ChannelsLastOption,
+    compile_step: Optional[bool] = CompileOption,
+    max_steps_per_epoch: Optional[int] = MaxStepsOption,
     config: Optional[Path] = ConfigOption,
 ):
-    """Stage 1: train a video teacher on face crops."""
+    """Stage 1: train a video teacher on face crops (under torchrun: DistributedDataParallel)."""
     from stages import train_teacher as stage
 
     stage.run(config_io.load(stage.TeacherConfig, config, _overrides(
@@ -120,7 +131,8 @@ def train_teacher(
         batch_size=batch_size, frames_per_utterance=frames_per_utterance, sequential=sequential,
         window_seconds=window_seconds, frames_per_segment=frames_per_segment, lr_min=lr_min, lr_max=lr_max,
         init_weights=init_weights, num_workers=num_workers, device=device, seed=seed, resume=resume,
-        overwrite=overwrite)))
+        overwrite=overwrite, precision=precision, channels_last=channels_last, compile=compile_step,
+        max_steps_per_epoch=max_steps_per_epoch)))
 
 
 @stage_app.command("export-embeddings")
@@ -139,6 +151,7 @@ def export_embeddings(
     commit_seconds: Optional[float] = typer.Option(None, help="Commit written utterances at least this often."),
     part: Optional[int] = typer.Option(None, help="Write part PART of NUM_PARTS (default: torchrun's RANK)."),
     num_parts: Optional[int] = typer.Option(None, help="Number of parts (default: torchrun's WORLD_SIZE)."),
+    splits: Optional[str] = typer.Option(None, help="Comma-separated manifest splits to export (default: train,val; never test unless asked)."),
     config: Optional[Path] = ConfigOption,
 ):
     """Stage 2: run the frozen teacher once over every frame and cache its embeddings."""
@@ -147,7 +160,8 @@ def export_embeddings(
     stage.run(config_io.load(stage.ExportConfig, config, _overrides(
         dataset=dataset, run_dir=run_dir, teacher=teacher, out=out, store=store, dtype=dtype,
         batch_frames=batch_frames, num_workers=num_workers, device=device, overwrite=overwrite,
-        commit_seconds=commit_seconds, part=part, num_parts=num_parts, window_seconds=window_seconds)))
+        commit_seconds=commit_seconds, part=part, num_parts=num_parts, window_seconds=window_seconds,
+        splits=tuple(name.strip() for name in splits.split(",")) if splits else None)))
 
 
 @stage_app.command("train-student")
@@ -175,9 +189,13 @@ def train_student(
     num_workers: Optional[int] = WorkersOption,
     device: Optional[str] = DeviceOption,
     seed: Optional[int] = SeedOption,
+    precision: Optional[str] = PrecisionOption,
+    channels_last: Optional[bool] = ChannelsLastOption,
+    compile_step: Optional[bool] = CompileOption,
+    max_steps_per_epoch: Optional[int] = MaxStepsOption,
     config: Optional[Path] = ConfigOption,
 ):
-    """Stage 3: train an audio student from spectrogram shards and cached teacher targets."""
+    """Stage 3: train an audio student from spectrogram shards and cached teacher targets (under torchrun: DDP)."""
     from stages import train_student as stage
 
     stage.run(config_io.load(stage.StudentConfig, config, _overrides(
@@ -185,7 +203,8 @@ def train_student(
         temperature=temperature,
         distance=distance, target=target, epochs=epochs, batch_size=batch_size, crop_seconds=crop_seconds,
         lr_min=lr_min, lr_max=lr_max, name=name, expect_teacher=expect_teacher, num_workers=num_workers,
-        device=device, seed=seed, resume=resume, overwrite=overwrite)))
+        device=device, seed=seed, resume=resume, overwrite=overwrite, precision=precision,
+        channels_last=channels_last, compile=compile_step, max_steps_per_epoch=max_steps_per_epoch)))
 
 
 @app.command("demo")
@@ -211,6 +230,7 @@ def sweep(
     name: Optional[str] = typer.Option(None, help="Sweep name: cells in RUN_DIR/students/NAME/, report in RUN_DIR/sweeps/NAME/."),
     lambdas: Optional[str] = typer.Option(None, help="Comma-separated λ values (default: 0,0.2,0.4,0.6,0.8,1)."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated distillation methods (default: proposed)."),
+    levels: Optional[str] = typer.Option(None, help="Comma-separated levels: non-sequential (default), encoder, aggregator."),
     archs: Optional[str] = typer.Option(None, help="Comma-separated student architectures (default: resnet)."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: 0,1,2)."),
     tiny: Optional[bool] = typer.Option(None, "--tiny", help="Small student variants that train on a CPU."),
@@ -223,7 +243,7 @@ def sweep(
     device: Optional[str] = DeviceOption,
     config: Optional[Path] = ConfigOption,
 ):
-    """Stage 3 over λ × method × architecture × seed (resumable; finished cells are reused), then report.md and plots."""
+    """Stage 3 over λ × method × level × architecture × seed (resumable; finished cells are reused), then report.md and plots."""
     from stages import sweep as stage
 
     def split(text, kind):
@@ -231,9 +251,54 @@ def sweep(
 
     stage.run(config_io.load(stage.SweepConfig, config, _overrides(
         run_dir=run_dir, dataset=dataset, name=name, lambdas=split(lambdas, float), methods=split(methods, str),
-        archs=split(archs, str), seeds=split(seeds, int), tiny=tiny, epochs=epochs, batch_size=batch_size,
-        crop_seconds=crop_seconds, student_options=tuple(set_options) if set_options else None,
+        levels=split(levels, str), archs=split(archs, str), seeds=split(seeds, int), tiny=tiny, epochs=epochs,
+        batch_size=batch_size, crop_seconds=crop_seconds, student_options=tuple(set_options) if set_options else None,
         report_only=report_only, num_workers=num_workers, device=device)))
+
+
+@app.command("protocol")
+def protocol(
+    dataset: Optional[str] = typer.Option(None, help="ravdess (leave-one-actor-out) or iemocap (leave-one-session-out)."),
+    root: Optional[Path] = typer.Option(None, help="Dataset root in its published layout."),
+    run_dir: Optional[Path] = typer.Option(None, help="Holds shared/, fold-K/ and protocol/ (default: runs/<dataset>-protocol)."),
+    folds: Optional[str] = typer.Option(None, help="Comma-separated folds (the test actor or session), or all (default)."),
+    lambdas: Optional[str] = typer.Option(None, help="Comma-separated λ values; λ = 0 is always trained (default: 0,0.4)."),
+    method: Optional[str] = typer.Option(None, help="Distillation method (default: proposed)."),
+    level: Optional[str] = typer.Option(None, help="non-sequential (default), encoder or aggregator (sequential teacher)."),
+    arch: Optional[str] = typer.Option(None, help="Student architecture (default: resnet)."),
+    teacher_arch: Optional[str] = typer.Option(None, help="Teacher architecture (default: resnet34)."),
+    tiny: Optional[bool] = typer.Option(None, "--tiny", help="Small teacher and student variants that train on a CPU."),
+    epochs: Optional[int] = typer.Option(None, help="Student epochs (and teacher epochs unless --teacher-epochs)."),
+    teacher_epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    crop_seconds: Optional[int] = typer.Option(None, help="Training crop length in whole seconds."),
+    classes: Optional[str] = typer.Option(None, help="RAVDESS: 7 (calm merged into neutral) or 8 classes."),
+    include_song: Optional[bool] = typer.Option(None, "--include-song", help="RAVDESS: add the sung clips."),
+    include_scripted: Optional[bool] = typer.Option(None, "--include-scripted/--no-scripted", help="IEMOCAP: scripted turns."),
+    set_options: Optional[list[str]] = typer.Option(None, "--set", help="Any other stage-3 setting, KEY=VALUE (repeatable)."),
+    teacher_set: Optional[list[str]] = typer.Option(None, "--teacher-set", help="Any other stage-1 setting, KEY=VALUE (repeatable)."),
+    prepare_set: Optional[list[str]] = typer.Option(None, "--prepare-set", help="Any other stage-0 setting, KEY=VALUE (repeatable)."),
+    num_workers: Optional[int] = WorkersOption,
+    device: Optional[str] = DeviceOption,
+    seed: Optional[int] = SeedOption,
+    config: Optional[Path] = ConfigOption,
+):
+    """Stages 0–3 once per fold (teacher without the test subject, cache without test targets), then mean ± std over folds."""
+    from stages import protocol as stage
+
+    def split(text, kind):
+        return tuple(kind(value) for value in text.split(",")) if text else None
+
+    def listed(values):
+        return tuple(values) if values else None
+
+    stage.run(config_io.load(stage.ProtocolConfig, config, _overrides(
+        dataset=dataset, root=root, run_dir=run_dir, folds=() if folds == "all" else split(folds, int),
+        lambdas=split(lambdas, float), method=method, level=level, arch=arch, teacher_arch=teacher_arch, tiny=tiny,
+        epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, crop_seconds=crop_seconds,
+        classes=classes, include_song=include_song, include_scripted=include_scripted,
+        student_options=listed(set_options), teacher_options=listed(teacher_set), prepare_options=listed(prepare_set),
+        num_workers=num_workers, device=device, seed=seed)))
 
 
 ModelArgument = typer.Argument(..., help="A student checkpoint (student.pt) or the students/<name>/ folder holding it.")
@@ -293,6 +358,33 @@ def verify(
         overwrite=overwrite)))
 
 
+@app.command("bench")
+def bench(
+    work: Optional[Path] = typer.Option(None, help="Keep the corpus and runs here (default: a temporary directory)."),
+    speakers: Optional[int] = typer.Option(None, help="Speakers of the synthetic corpus."),
+    utterances: Optional[int] = typer.Option(None, help="Utterances per speaker."),
+    arch: Optional[str] = typer.Option(None, help="Student architecture."),
+    tiny: Optional[bool] = typer.Option(None, "--tiny/--full", help="Tiny (default) or full-size student."),
+    batch_size: Optional[int] = typer.Option(None),
+    crop_seconds: Optional[int] = typer.Option(None),
+    steps: Optional[int] = typer.Option(None, help="Timed training steps per input pipeline and round."),
+    rss_utterances: Optional[str] = typer.Option(None, help="Comma-separated dataset sizes for the peak-RSS runs (default: 200,1600)."),
+    num_workers: Optional[int] = WorkersOption,
+    device: Optional[str] = DeviceOption,
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here."),
+    config: Optional[Path] = ConfigOption,
+):
+    """Measure what the cache buys: store vs in-memory steps/s, cached vs live-teacher epochs, stage 2 throughput,
+    bytes per hour, stage-3 peak RSS at two dataset sizes; prints one JSON object."""
+    from stages import bench as stage
+
+    sizes = tuple(int(size) for size in rss_utterances.split(",")) if rss_utterances else None
+    stage.run(config_io.load(stage.BenchConfig, config, _overrides(
+        work=work, speakers=speakers, utterances_per_speaker=utterances, arch=arch, tiny=tiny, batch_size=batch_size,
+        crop_seconds=crop_seconds, steps=steps, rss_utterances=sizes, num_workers=num_workers, device=device,
+        out=out)))
+
+
 @cache_app.command("info")
 def cache_info(
     path: Path = typer.Argument(..., help="A store (.zarr directory or .h5 file) or a directory of store parts."),
@@ -310,7 +402,7 @@ def cache_info(
 @cache_app.command("verify")
 def cache_verify(
     path: Path = typer.Argument(..., help="A store (.zarr directory or .h5 file) or a directory of store parts."),
-    manifest: Optional[Path] = typer.Option(None, help="Prepare directory (or its manifest.tsv) whose keys must all be present."),
+    manifest: Optional[Path] = typer.Option(None, help="Prepare directory (or its manifest.tsv): every key of the splits the store holds must be present, no other."),
     teacher: Optional[Path] = typer.Option(None, help="Teacher checkpoint the store must have been made by."),
 ):
     """Check a store: complete, unique keys, sound offsets, no NaN/Inf, manifest and teacher match; exit 1 on a problem."""
@@ -328,9 +420,34 @@ KNOWN_ERRORS = ("ConfigError", "StoreError", "MediaError", "DatasetError", "File
                 "FileExistsError", "CheckpointError")
 
 
+DISTRIBUTED_STAGES = ("train-teacher", "export-embeddings", "train-student")
+
+
+def _torchrun_command(argv: list[str]) -> list[str] | None:
+    """`avl stage S … --nproc-per-node N` → the torchrun command that runs `avl stage S …` in N processes."""
+    for index, arg in enumerate(argv):
+        if arg == "--nproc-per-node" or arg.startswith("--nproc-per-node="):
+            value = arg.partition("=")[2] if "=" in arg else (argv[index + 1] if index + 1 < len(argv) else "")
+            rest = argv[:index] + argv[index + (1 if "=" in arg else 2):]
+            break
+    else:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise config_io.ConfigError(f"--nproc-per-node takes a positive process count, got {value!r}")
+    if not (len(rest) >= 2 and rest[0] == "stage" and rest[1] in DISTRIBUTED_STAGES):
+        raise config_io.ConfigError(f"--nproc-per-node applies to `avl stage` {', '.join(DISTRIBUTED_STAGES)}")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={value}",
+            "-m", "pipeline.cli", *rest]
+
+
 def main() -> None:
     """Entry point: known user errors print one clear message instead of a traceback."""
     try:
+        command = _torchrun_command(sys.argv[1:])
+        if command is not None:
+            import subprocess
+
+            sys.exit(subprocess.call(command))
         app()
     except Exception as error:  # noqa: BLE001 — only the known kinds are shortened
         if type(error).__name__ not in KNOWN_ERRORS:

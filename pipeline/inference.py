@@ -17,7 +17,12 @@ from tqdm import tqdm
 
 from pipeline import metrics as metric_fns
 from pipeline.datasets.base import DatasetError
-from pipeline.features import SEGMENT_SPEC_FRAMES, LogSpectrogram, SpectrogramParams, repeat_pad
+from pipeline.features import (
+    SEGMENT_SPEC_FRAMES,
+    LogSpectrogram,
+    SpectrogramParams,
+    repeat_pad,
+)
 from pipeline.media import decode_audio
 from pipeline.models.students import StudentSpec, build_student
 

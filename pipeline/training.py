@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pipeline import runs
+from pipeline.distributed import SINGLE_PROCESS, Distributed, broadcast, gather
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,46 @@ class TrainingConfig:
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"
+    precision: str = "auto"  # "bf16" autocast or "fp32"; auto: bf16 on CUDA, fp32 on the CPU
+    channels_last: bool | None = None  # NHWC convolutions; None: on for CUDA, off on the CPU
+    compile: bool = False  # torch.compile the training step (the saved weights stay uncompiled)
+    max_steps_per_epoch: int = 0  # stop each epoch after this many batches (smoke runs, benchmarks); 0: all
     resume: bool = False  # continue an interrupted run from its last epoch checkpoint
     overwrite: bool = False  # replace a finished or unfinished run of the same name
 
     @property
     def resolved_run_dir(self) -> Path:
         return self.run_dir or runs.default_run_dir(self.dataset)
+
+    def validate_training(self, stage: str) -> None:
+        from pipeline import config as config_io
+
+        if self.precision not in PRECISIONS:
+            raise config_io.ConfigError(f"{stage}: precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.max_steps_per_epoch < 0:
+            raise config_io.ConfigError(f"{stage}: max_steps_per_epoch must be >= 0")
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision setting on a device (None: plain float32)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def speed_settings(module: nn.Module, cfg: TrainingConfig, device: torch.device) -> nn.Module:
+    """channels-last weights (CUDA by default) and an optionally compiled forward; returns `module`.
+
+    `nn.Module.compile` compiles in place, so state_dict keys stay those of the uncompiled model.
+    """
+    if cfg.channels_last if cfg.channels_last is not None else device.type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        module.compile()
+    return module
 
 
 def adam_with_cyclic_lr(
@@ -44,6 +79,33 @@ def adam_with_cyclic_lr(
         optimiser, base_lr=lr_min, max_lr=lr_max, step_size_up=half_cycle, mode="triangular", cycle_momentum=False
     )
     return optimiser, scheduler
+
+
+def build_loader(dataset, cfg: TrainingConfig, job: Distributed, device: torch.device, seed: int, collate=None):
+    """The training DataLoader: a seeded shuffle in one process, a DistributedSampler under torchrun.
+
+    Workers are re-created each epoch from the returned generator, so a resumed run draws the same crops;
+    each rank seeds its own, so ranks draw different crops."""
+    generator = torch.Generator().manual_seed(seed + 1_000_003 * job.rank)
+    # under torchrun every rank gets the same number of items (the remainder is dropped, as in one process)
+    sampler = (torch.utils.data.DistributedSampler(dataset, job.world_size, job.rank, shuffle=True, seed=seed,
+                                                   drop_last=len(dataset) >= job.world_size)
+               if job.enabled else None)
+    per_rank = len(dataset) // job.world_size if job.enabled else len(dataset)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=per_rank > cfg.batch_size,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+        collate_fn=collate,
+        generator=generator,
+    )
+    return loader, generator
 
 
 def plot_history(history: list[dict], keys: tuple[str, ...], path, title: str) -> None:
@@ -70,6 +132,8 @@ def plot_history(history: list[dict], keys: tuple[str, ...], path, title: str) -
 
 
 LAST_CHECKPOINT = "last.pt"
+# settings a resumed run may change: they decide how fast, not what, it computes
+INCIDENTAL_SETTINGS = {"resume", "overwrite", "num_workers", "device", "compile", "channels_last"}
 FINISHED_MARKER = "metrics.json"
 
 
@@ -108,7 +172,7 @@ def start_run(out: Path, cfg, resume: bool, overwrite: bool) -> Path | None:
     resume_from = claim_output_dir(out, resume, overwrite)
     saved = out / "config.toml"
     if resume_from is not None and saved.exists():
-        ignored = {"resume", "overwrite", "num_workers", "device"}
+        ignored = INCIDENTAL_SETTINGS
         before = {k: v for k, v in config_io.load(type(cfg), saved).__dict__.items() if k not in ignored}
         now = {k: v for k, v in cfg.__dict__.items() if k not in ignored}
         changed = sorted(k for k in now if before.get(k) != now[k])
@@ -123,8 +187,12 @@ class TrainingStateError(RuntimeError):
 
 
 def save_training_state(path: Path, model: nn.Module, optimiser, scheduler, loader_generator: torch.Generator,
-                        epoch: int, history: list[dict]) -> None:
-    """Everything an interrupted run needs to continue exactly: weights, optimiser, schedule, RNG, epoch."""
+                        epoch: int, history: list[dict], job: Distributed = SINGLE_PROCESS) -> None:
+    """Everything an interrupted run needs to continue exactly: weights, optimiser, schedule, epoch, and
+    every rank's random state (each rank draws its own crops). Called on every rank; rank 0 writes."""
+    rng = gather(job, {"torch_rng": torch.get_rng_state(), "loader_rng": loader_generator.get_state()})
+    if not job.is_main:
+        return
     runs.save_checkpoint(
         {
             "epoch": epoch,
@@ -132,20 +200,41 @@ def save_training_state(path: Path, model: nn.Module, optimiser, scheduler, load
             "model": model.state_dict(),
             "optimiser": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "loader_rng": loader_generator.get_state(),
+            "world_size": job.world_size,
+            "torch_rng": rng[0]["torch_rng"],
+            "loader_rng": rng[0]["loader_rng"],
+            "rank_rng": rng,
         },
         path,
     )
 
 
-def load_training_state(path: Path, model: nn.Module, optimiser, scheduler, loader_generator: torch.Generator
-                        ) -> tuple[int, list[dict]]:
+def load_training_state(path: Path, model: nn.Module, optimiser, scheduler, loader_generator: torch.Generator,
+                        job: Distributed = SINGLE_PROCESS) -> tuple[int, list[dict]]:
     """Restore a state saved by save_training_state; returns (last finished epoch, history so far)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
+    saved_world = state.get("world_size", 1)
+    if saved_world != job.world_size:
+        raise TrainingStateError(f"{path}: saved by {saved_world} process(es), resumed with {job.world_size}; "
+                                 f"resume with --nproc-per-node {saved_world} (the crops each rank draws depend on it)")
     model.load_state_dict(state["model"])
     optimiser.load_state_dict(state["optimiser"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    loader_generator.set_state(state["loader_rng"])
+    rng = state.get("rank_rng", [{"torch_rng": state["torch_rng"], "loader_rng": state["loader_rng"]}])[job.rank]
+    torch.set_rng_state(rng["torch_rng"])
+    loader_generator.set_state(rng["loader_rng"])
     return state["epoch"], state["history"]
+
+
+def start_distributed_run(out: Path, cfg, job: Distributed) -> Path | None:
+    """`start_run` on rank 0; every rank gets its answer, or the same error, so none waits forever."""
+    outcome = None
+    if job.is_main:
+        try:
+            outcome = ("ok", start_run(out, cfg, cfg.resume, cfg.overwrite))
+        except TrainingStateError as error:
+            outcome = ("error", str(error))
+    outcome = broadcast(job, outcome)
+    if outcome[0] == "error":
+        raise TrainingStateError(outcome[1])
+    return outcome[1]

@@ -1,5 +1,8 @@
 """Stage 2: run the frozen teacher over every frame once and cache its embeddings, keyed by utterance.
 
+Only the utterances of `splits` are exported (train and val by default): the student trains on train
+and selects on val, and a cache that never holds test targets cannot leak the test fold into training.
+
 The teacher sees fixed groups of whole utterances (`teacher_groups`, a pure function of the manifest),
 so an interrupted and resumed export computes every row exactly as an uninterrupted one does: it
 re-runs only the groups holding uncommitted keys and writes only those keys. With `num_parts`
@@ -27,7 +30,14 @@ from cache.schema import cache_fields
 from cache.store import FieldSpec, StoreError, create_store, open_for_append, open_store
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, VIDEO_FPS, n_segments, segment_means
+from pipeline.datasets.base import SPLITS
+from pipeline.features import (
+    SEGMENT_SECONDS,
+    SEGMENT_VIDEO_FRAMES,
+    VIDEO_FPS,
+    n_segments,
+    segment_means,
+)
 from pipeline.manifest import Entry, manifest_hash, read_manifest
 from pipeline.models.teachers import TeacherSpec, build_teacher
 from pipeline.runs import STORE_SUFFIX, find_store
@@ -59,8 +69,14 @@ class ExportConfig:
     # when WORLD_SIZE > 1, else one whole store
     part: int | None = None
     num_parts: int | None = None
+    # manifest splits to export: what the student may see. Train is what it trains on; val is what it is
+    # selected on (and costs the teacher little). Test is left out so no test target is ever cached.
+    splits: tuple[str, ...] = ("train", "val")
 
     def validate(self) -> None:
+        if not self.splits or len(set(self.splits)) != len(self.splits) or not set(self.splits) <= set(SPLITS):
+            raise config_io.ConfigError(f"export-embeddings: splits must be distinct names among {list(SPLITS)}, "
+                                        f"got {list(self.splits)}")
         if self.store not in STORE_SUFFIX:
             raise config_io.ConfigError(f"export-embeddings: store must be one of {sorted(STORE_SUFFIX)}")
         if self.dtype not in ("float16", "float32"):
@@ -205,7 +221,8 @@ def _open_cache(cfg: ExportConfig, attrs: dict, fields: list[FieldSpec]):
 
 
 def run(cfg: ExportConfig) -> Path:
-    """Export teacher embeddings for every utterance in the manifest (or this part's share); returns the store."""
+    """Export the teacher's targets of every manifest utterance in `cfg.splits` (or this part's share); returns
+    the store."""
     run_dir = cfg.resolved_run_dir
     prepared = runs.prepare_dir(run_dir)
     checkpoint_path = cfg.teacher or runs.teacher_checkpoint(run_dir)
@@ -221,7 +238,10 @@ def run(cfg: ExportConfig) -> Path:
     window_seconds = cfg.window_seconds or checkpoint.get("window_seconds") or 5
 
     out, part = cfg.resolved_store, cfg.resolved_part
-    entries = read_manifest(prepared)
+    entries = [entry for entry in read_manifest(prepared) if entry.split in cfg.splits]
+    if not entries:
+        raise config_io.ConfigError(f"{prepared / 'manifest.tsv'}: no utterance is in the exported splits "
+                                    f"{list(cfg.splits)}; set `splits` to the ones it has")
     face_store = find_store(prepared, "faces")
     faces = open_store(face_store)
     faces.close()
@@ -247,6 +267,7 @@ def run(cfg: ExportConfig) -> Path:
         "face_size": faces.attrs.get("face_size"),
         "face_crop": faces.attrs.get("crop"),
         "manifest_sha256": manifest_hash(prepared),
+        "splits": [split for split in SPLITS if split in cfg.splits],  # readers check coverage of these only
     }
     writer = _open_cache(cfg, attrs, cache_fields(spec.embed_dim, spec.num_classes, cfg.dtype, spec.sequential))
     # saved once the cache is accepted, with the part resolved and without overwrite: the file is also
@@ -265,12 +286,13 @@ def run(cfg: ExportConfig) -> Path:
         _GroupFrames(face_store, todo, n_frames), batch_size=None, num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
-    teacher_seconds, frames_done, exported, recomputed = 0.0, 0, 0, 0
-    started = time.perf_counter()
+    teacher_seconds, reading_seconds, frames_done, exported, recomputed = 0.0, 0.0, 0, 0, 0
+    started = last = time.perf_counter()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     with tqdm(total=n_keys, initial=writer.committed, desc="export", unit="utt") as progress:
         for keys, lengths, frames in loader:
             tick = time.perf_counter()
+            reading_seconds += tick - last  # waiting for face frames from the store (the loader's workers)
             embeddings, probabilities = [], []
             with torch.inference_mode(), autocast:
                 for start in range(0, len(frames), cfg.batch_frames):
@@ -294,6 +316,7 @@ def run(cfg: ExportConfig) -> Path:
                 progress.update()
             writer.flush_if_due(cfg.commit_seconds)
             frames_done += len(frames)
+            last = time.perf_counter()
     writer.mark_complete()
     writer.close()
     elapsed = time.perf_counter() - started
@@ -309,6 +332,9 @@ def run(cfg: ExportConfig) -> Path:
         "seconds": elapsed,
         "frames_per_second": frames_done / elapsed if elapsed > 0 else None,
         "teacher_share": teacher_seconds / elapsed if elapsed > 0 else None,
+        "read_share": reading_seconds / elapsed if elapsed > 0 else None,
+        # targets, commits and the final mark_complete
+        "write_share": (elapsed - teacher_seconds - reading_seconds) / elapsed if elapsed > 0 else None,
     }
     runs.write_json(out.parent / f"{out.name}.export.json", stats)
     tqdm.write(f"export-embeddings: {frames_done} frames of {exported} utterances in {elapsed:.1f}s → {out}")

@@ -13,9 +13,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import config as config_io
-from pipeline import inference
+from pipeline import inference, runs
 from pipeline import metrics as metric_fns
-from pipeline import runs
 
 EMBEDDING_FORMATS = {".npy": "npy", ".zarr": "zarr", ".h5": "hdf5"}
 

@@ -16,10 +16,16 @@ from pipeline import config as config_io
 from pipeline import runs
 from pipeline.datasets.base import Utterance
 from pipeline.datasets.registry import DATASETS, open_dataset
-from pipeline.features import SPEC_FRAMES_PER_VIDEO_FRAME, VIDEO_FPS, NORMALISATIONS, LogSpectrogram, SpectrogramParams
+from pipeline.features import (
+    NORMALISATIONS,
+    SPEC_FRAMES_PER_VIDEO_FRAME,
+    VIDEO_FPS,
+    LogSpectrogram,
+    SpectrogramParams,
+)
 from pipeline.manifest import Entry, manifest_hash, write_manifest
-from pipeline.runs import STORE_SUFFIX
 from pipeline.media import MediaError, face_crops, load_audio_visual
+from pipeline.runs import STORE_SUFFIX
 
 IDENTIFICATION_SPLITS = ("train", "val", "test")
 

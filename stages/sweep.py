@@ -1,9 +1,9 @@
-"""`avl sweep`: stage 3 over a grid of λ × method × architecture × seed, resumable, then a report.
+"""`avl sweep`: stage 3 over a grid of λ × method × level × architecture × seed, resumable, then a report.
 
 Every cell is one `stages.train_student.run` in the same run directory, so the prepared data, the
 teacher and its embedding cache are made once and shared. A cell whose metrics.json exists is done
 and never retrained; one that stopped part-way (last.pt) is resumed. λ = 0 is the audio-only
-baseline: it does not depend on the method, so it is trained once per (architecture, seed) and is
+baseline: it does not depend on the method, so it is trained once per (architecture, level, seed) and is
 the λ = 0 point of every method's line. The report (report.md, PNG plots, results.csv,
 summary.json) is rebuilt from whatever cells have finished.
 """
@@ -13,11 +13,11 @@ from __future__ import annotations
 import csv
 import math
 import time
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import tomllib
 from tqdm import tqdm
 
 from pipeline import config as config_io
@@ -27,11 +27,12 @@ from pipeline.training import FINISHED_MARKER, LAST_CHECKPOINT
 from stages import train_student
 
 BASELINE = "none"  # the method label of the shared λ = 0 cells
+DEFAULT_LEVEL = "non-sequential"  # named in cell ids and report tables only when a sweep has another level
 # Stage-3 keys the grid or the sweep itself sets; `student_options` may not set them.
-SWEEP_KEYS = ("lam", "method", "arch", "seed", "name", "run_dir", "dataset", "tiny", "epochs", "batch_size",
+SWEEP_KEYS = ("lam", "method", "level", "arch", "seed", "name", "run_dir", "dataset", "tiny", "epochs", "batch_size",
               "crop_seconds", "num_workers", "device", "resume", "overwrite")
-# Settings that do not change what a cell computes: a finished cell is reused whatever they were.
-INCIDENTAL_KEYS = {"resume", "overwrite", "num_workers", "device"}
+# Settings that do not change what a run computes: a finished cell (or prepared store) is reused whatever they were.
+INCIDENTAL_KEYS = {"resume", "overwrite", "num_workers", "device", "commit_seconds"}
 # (metrics.json section, key, label, higher is better)
 METRICS = (
     ("identification", "top1", "top-1 accuracy", True),
@@ -53,6 +54,8 @@ class SweepConfig:
     name: str = "sweep"  # cells go to RUN_DIR/students/NAME/<cell>, the report to RUN_DIR/sweeps/NAME/
     lambdas: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     methods: tuple[str, ...] = ("proposed",)
+    # distillation levels (stage 3's `level`): encoder and aggregator need a sequential teacher's cache
+    levels: tuple[str, ...] = (DEFAULT_LEVEL,)
     archs: tuple[str, ...] = ("resnet",)
     seeds: tuple[int, ...] = (0, 1, 2)
     tiny: bool = False
@@ -66,7 +69,7 @@ class SweepConfig:
     report_only: bool = False  # write the report from the cells finished so far; train nothing
 
     def validate(self) -> None:
-        for axis in ("lambdas", "methods", "archs", "seeds"):
+        for axis in ("lambdas", "methods", "levels", "archs", "seeds"):
             values = getattr(self, axis)
             if not values:
                 raise config_io.ConfigError(f"sweep: {axis} is empty")
@@ -88,15 +91,21 @@ class SweepConfig:
     def report_dir(self) -> Path:
         return self.resolved_run_dir / "sweeps" / self.name
 
+    @property
+    def shows_level(self) -> bool:
+        """Whether tables and plots name the level: only when the sweep has another than the default."""
+        return self.levels != (DEFAULT_LEVEL,)
 
-def parse_student_options(options: tuple[str, ...]) -> dict:
-    """'key=value' strings → {key: value}; a value is read as TOML (2e-3, true, 'text'), else as plain text."""
+
+def parse_student_options(options: tuple[str, ...], what: str = "sweep: student option") -> dict:
+    """'key=value' strings → {key: value}; a value is read as TOML (2e-3, true, 'text'), else as plain text.
+    `what` names the options in errors."""
     parsed = {}
     for option in options:
         key, equals, raw = option.partition("=")
         key, raw = key.strip(), raw.strip()
         if not equals or not key:
-            raise config_io.ConfigError(f"sweep: student option {option!r} is not key=value")
+            raise config_io.ConfigError(f"{what} {option!r} is not key=value")
         try:
             parsed[key] = tomllib.loads(f"value = {raw}")["value"]
         except tomllib.TOMLDecodeError:
@@ -112,20 +121,25 @@ class Cell:
     arch: str
     lam: float
     seed: int
+    level: str = DEFAULT_LEVEL
 
     @property
     def cell_id(self) -> str:
-        return f"{self.method}-{self.arch}-lambda{self.lam:g}-seed{self.seed}"
+        """`method-arch[-level]-lambdaλ-seedS`: the default level is left out, so older cell names stay valid."""
+        level = [self.level] if self.level != DEFAULT_LEVEL else []
+        return "-".join([self.method, self.arch, *level, f"lambda{self.lam:g}", f"seed{self.seed}"])
 
 
 def grid(cfg: SweepConfig) -> list[Cell]:
     """Every cell, seed by seed (a sweep stopped early has whole curves for its first seeds); λ = 0 once per
-    (arch, seed), before that seed's distilled cells."""
+    (arch, level, seed), before that level's distilled cells of that seed."""
     cells = []
     for seed in cfg.seeds:
         for arch in cfg.archs:
-            cells += [Cell(BASELINE, arch, 0.0, seed)] if 0.0 in cfg.lambdas else []
-            cells += [Cell(method, arch, lam, seed) for method in cfg.methods for lam in cfg.lambdas if lam > 0]
+            for level in cfg.levels:
+                cells += [Cell(BASELINE, arch, 0.0, seed, level)] if 0.0 in cfg.lambdas else []
+                cells += [Cell(method, arch, lam, seed, level)
+                          for method in cfg.methods for lam in cfg.lambdas if lam > 0]
     return cells
 
 
@@ -136,7 +150,7 @@ def cell_config(cfg: SweepConfig, cell: Cell) -> train_student.StudentConfig:
         "run_dir": cfg.resolved_run_dir, "dataset": cfg.dataset, "name": f"{cfg.name}/{cell.cell_id}",
         # λ = 0 trains no distillation whatever the method: the first one listed is as good as any
         "method": cfg.methods[0] if cell.method == BASELINE else cell.method,
-        "arch": cell.arch, "lam": cell.lam, "seed": cell.seed, "tiny": cfg.tiny, "epochs": cfg.epochs,
+        "level": cell.level, "arch": cell.arch, "lam": cell.lam, "seed": cell.seed, "tiny": cfg.tiny, "epochs": cfg.epochs,
         "batch_size": cfg.batch_size, "crop_seconds": cfg.crop_seconds, "num_workers": cfg.num_workers,
         "device": cfg.device,
     }
@@ -147,8 +161,9 @@ def cell_dir(cfg: SweepConfig, cell: Cell) -> Path:
     return runs.students_dir(cfg.resolved_run_dir) / cfg.name / cell.cell_id
 
 
-def _check_finished_cell(out: Path, expected: train_student.StudentConfig) -> None:
-    """A finished cell is reused only if it was trained with this sweep's settings."""
+def check_finished_run(out: Path, expected, remedy: str) -> None:
+    """A finished stage output (its saved config.toml) is reused only if it was made with `expected`'s settings;
+    `remedy` says what to do otherwise."""
     saved = out / "config.toml"
     if not saved.exists():
         return
@@ -157,9 +172,12 @@ def _check_finished_cell(out: Path, expected: train_student.StudentConfig) -> No
     changed = sorted(key for key in set(before) | set(now)
                      if key not in INCIDENTAL_KEYS and before.get(key) != now.get(key))
     if changed:
-        raise config_io.ConfigError(
-            f"{out}: this finished cell was trained with other settings ({changed}); "
-            "give the sweep another --name, or remove the cell to retrain it")
+        raise config_io.ConfigError(f"{out}: this finished run was made with other settings ({changed}); {remedy}")
+
+
+def _check_finished_cell(out: Path, expected: train_student.StudentConfig) -> None:
+    """A finished cell is reused only if it was trained with this sweep's settings."""
+    check_finished_run(out, expected, "give the sweep another --name, or remove the cell to retrain it")
 
 
 def run(cfg: SweepConfig) -> Path:
@@ -205,7 +223,8 @@ def collect(cfg: SweepConfig, cells: list[Cell]) -> list[dict]:
             continue
         metrics = runs.read_json(path)
         history = metrics.get("history") or [{}]
-        row = {"cell": cell.cell_id, "method": cell.method, "arch": cell.arch, "lambda": cell.lam, "seed": cell.seed,
+        row = {"cell": cell.cell_id, "method": cell.method, "level": cell.level, "arch": cell.arch, "lambda": cell.lam,
+               "seed": cell.seed,
                "val_accuracy": history[-1].get("val_accuracy"), "train_seconds": metrics.get("train_seconds"),
                "teacher_fingerprint": metrics.get("teacher_fingerprint"), "parameters": metrics.get("parameters")}
         for section, key, _, _ in METRICS:
@@ -223,16 +242,20 @@ def _stats(values: list[float | None]) -> tuple[float, float, int] | None:
 
 
 def summarise(cfg: SweepConfig, rows: list[dict]) -> dict:
-    """Mean/std over seeds for every (arch, method, λ); λ = 0 of every method is the shared baseline."""
+    """Mean/std over seeds for every (arch, level, method, λ); λ = 0 of every method is the shared baseline
+    of its (arch, level)."""
     summary = {}
     for arch in cfg.archs:
-        baseline = [r for r in rows if r["arch"] == arch and r["method"] == BASELINE]
-        for method in cfg.methods:
-            for lam in cfg.lambdas:
-                chosen = baseline if lam == 0 else [r for r in rows if (r["arch"], r["method"], r["lambda"]) == (arch, method, lam)]
-                summary[(arch, method, lam)] = {
-                    key: _stats([r[key] for r in chosen]) for key in (*(m[1] for m in METRICS), "val_accuracy")}
-                summary[(arch, method, lam)]["seeds"] = sorted(r["seed"] for r in chosen)
+        for level in cfg.levels:
+            line = [r for r in rows if (r["arch"], r["level"]) == (arch, level)]
+            baseline = [r for r in line if r["method"] == BASELINE]
+            for method in cfg.methods:
+                for lam in cfg.lambdas:
+                    chosen = baseline if lam == 0 else [r for r in line if (r["method"], r["lambda"]) == (method, lam)]
+                    entry = {key: _stats([r[key] for r in chosen])
+                             for key in (*(m[1] for m in METRICS), "val_accuracy")}
+                    entry["seeds"] = sorted(r["seed"] for r in chosen)
+                    summary[(arch, level, method, lam)] = entry
     return summary
 
 
@@ -259,9 +282,9 @@ def _present(summary: dict, key: str) -> bool:
     return any(entry[key] is not None for entry in summary.values())
 
 
-def best_lambda(cfg: SweepConfig, summary: dict, arch: str, method: str) -> float | None:
+def best_lambda(cfg: SweepConfig, summary: dict, arch: str, level: str, method: str) -> float | None:
     """λ > 0 with the highest mean validation accuracy: chosen without looking at the test metrics."""
-    candidates = [(summary[(arch, method, lam)]["val_accuracy"], lam) for lam in cfg.lambdas if lam > 0]
+    candidates = [(summary[(arch, level, method, lam)]["val_accuracy"], lam) for lam in cfg.lambdas if lam > 0]
     candidates = [(stat[0], lam) for stat, lam in candidates if stat is not None]
     return max(candidates, key=lambda c: (c[0], -c[1]))[1] if candidates else None
 
@@ -284,50 +307,54 @@ def paper_tables(cfg: SweepConfig, summary: dict, teacher_accuracy: float | None
         direction = "higher is better" if higher_better else "lower is better; a negative change is an improvement"
         lines += [f"### {label} ({direction})", ""]
         teacher_column = key == "top1"
-        header = ["student", "method"] + (["video teacher"] if teacher_column else []) + [
+        header = ["student", *(["level"] if cfg.shows_level else []), "method"] + (
+            ["video teacher"] if teacher_column else []) + [
             "without distillation (λ = 0)", "with distillation", "λ (by val acc)", "relative change"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for arch in cfg.archs:
-            for method in cfg.methods:
-                lam = best_lambda(cfg, summary, arch, method)
-                without = summary[(arch, method, 0.0)][key] if 0.0 in cfg.lambdas else None
-                with_ = summary[(arch, method, lam)][key] if lam is not None else None
-                cells = [arch, method]
-                if teacher_column:
-                    cells.append("—" if teacher_accuracy is None else f"{100 * teacher_accuracy:.1f}")
-                cells += [_fmt(without, key != "min_dcf"), _fmt(with_, key != "min_dcf"),
-                          "—" if lam is None else f"{lam:g}", _relative(with_, without)]
-                lines.append("| " + " | ".join(cells) + " |")
+        for arch, level, method in _lines(cfg):
+            lam = best_lambda(cfg, summary, arch, level, method)
+            without = summary[(arch, level, method, 0.0)][key] if 0.0 in cfg.lambdas else None
+            with_ = summary[(arch, level, method, lam)][key] if lam is not None else None
+            cells = [arch, *([level] if cfg.shows_level else []), method]
+            if teacher_column:
+                cells.append("—" if teacher_accuracy is None else f"{100 * teacher_accuracy:.1f}")
+            cells += [_fmt(without, key != "min_dcf"), _fmt(with_, key != "min_dcf"),
+                      "—" if lam is None else f"{lam:g}", _relative(with_, without)]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
 
+def _lines(cfg: SweepConfig) -> list[tuple[str, str, str]]:
+    """(arch, level, method) of every line of the tables and plots, in grid order."""
+    return [(arch, level, method) for arch in cfg.archs for level in cfg.levels for method in cfg.methods]
+
+
 def grid_table(cfg: SweepConfig, summary: dict) -> list[str]:
-    """Every (arch, method, λ): mean ± std over seeds and the relative change against λ = 0."""
+    """Every (arch, level, method, λ): mean ± std over seeds and the relative change against λ = 0."""
     keys = [(key, label) for _, key, label, _ in METRICS if _present(summary, key)]
-    header = ["student", "method", "λ", "seeds"]
+    header = ["student", *(["level"] if cfg.shows_level else []), "method", "λ", "seeds"]
     for key, label in keys:
         header += [label] + (["Δ vs λ=0"] if key in PLOTTED else [])
     header.append("val accuracy")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for arch in cfg.archs:
-        for method in cfg.methods:
-            for lam in cfg.lambdas:
-                entry = summary[(arch, method, lam)]
-                reference = summary.get((arch, method, 0.0))
-                cells = [arch, method, f"{lam:g}", str(len(entry["seeds"]))]
-                for key, _ in keys:
-                    cells.append(_fmt(entry[key], key != "min_dcf"))
-                    if key in PLOTTED:
-                        cells.append("—" if lam == 0 or reference is None else _relative(entry[key], reference[key]))
-                cells.append(_fmt(entry["val_accuracy"]))
-                lines.append("| " + " | ".join(cells) + " |")
+    for arch, level, method in _lines(cfg):
+        for lam in cfg.lambdas:
+            entry = summary[(arch, level, method, lam)]
+            reference = summary.get((arch, level, method, 0.0))
+            cells = [arch, *([level] if cfg.shows_level else []), method, f"{lam:g}", str(len(entry["seeds"]))]
+            for key, _ in keys:
+                cells.append(_fmt(entry[key], key != "min_dcf"))
+                if key in PLOTTED:
+                    cells.append("—" if lam == 0 or reference is None else _relative(entry[key], reference[key]))
+            cells.append(_fmt(entry["val_accuracy"]))
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def plot_against_lambda(cfg: SweepConfig, summary: dict, key: str, label: str, arch: str, path: Path,
                         teacher_accuracy: float | None) -> None:
-    """Metric against λ, one line per method, error bars = std over seeds (the shape of the paper's Figs. 4-6)."""
+    """Metric against λ, one line per (method, level), error bars = std over seeds (the paper's Figs. 4-6)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -335,12 +362,13 @@ def plot_against_lambda(cfg: SweepConfig, summary: dict, key: str, label: str, a
 
     scale = 1 if key == "min_dcf" else 100
     figure, axis = plt.subplots(figsize=(5, 3.6))
-    for method in cfg.methods:
-        points = [(lam, summary[(arch, method, lam)][key]) for lam in cfg.lambdas]
+    for _, level, method in (line for line in _lines(cfg) if line[0] == arch):
+        points = [(lam, summary[(arch, level, method, lam)][key]) for lam in cfg.lambdas]
         points = [(lam, stat) for lam, stat in points if stat is not None]
         if points:
+            label = f"{method}, {level}" if cfg.shows_level else method
             axis.errorbar([lam for lam, _ in points], [scale * s[0] for _, s in points],
-                          yerr=[scale * s[1] for _, s in points], marker="o", capsize=3, label=method)
+                          yerr=[scale * s[1] for _, s in points], marker="o", capsize=3, label=label)
             for lam, stat in points:
                 if stat[2] < len(cfg.seeds):  # a point that averages fewer seeds than asked for says so
                     axis.annotate(f"n={stat[2]}", (lam, scale * stat[0]), textcoords="offset points",
@@ -366,7 +394,7 @@ def write_report(cfg: SweepConfig, cells: list[Cell], elapsed: float, trained: i
     teacher_accuracy = (teacher.get("test") or {}).get("utterance_accuracy")
 
     with open(out / "results.csv", "w", newline="") as handle:
-        columns = ["cell", "method", "arch", "lambda", "seed", *(m[1] for m in METRICS), "val_accuracy",
+        columns = ["cell", "method", "level", "arch", "lambda", "seed", *(m[1] for m in METRICS), "val_accuracy",
                    "train_seconds", "parameters", "teacher_fingerprint"]
         writer = csv.DictWriter(handle, columns, lineterminator="\n")
         writer.writeheader()
@@ -374,9 +402,9 @@ def write_report(cfg: SweepConfig, cells: list[Cell], elapsed: float, trained: i
     runs.write_json(out / "summary.json", {
         "config": config_io.to_dict(cfg), "teacher_accuracy": teacher_accuracy,
         "teacher_fingerprint": teacher.get("teacher_fingerprint"),
-        "cells": [{"arch": arch, "method": method, "lambda": lam, "seeds": entry["seeds"],
+        "cells": [{"arch": arch, "level": level, "method": method, "lambda": lam, "seeds": entry["seeds"],
                    **{key: _stats_dict(stat) for key, stat in entry.items() if key != "seeds"}}
-                  for (arch, method, lam), entry in summary.items()],
+                  for (arch, level, method, lam), entry in summary.items()],
     })
 
     plots = []
@@ -389,12 +417,14 @@ def write_report(cfg: SweepConfig, cells: list[Cell], elapsed: float, trained: i
 
     fingerprints = sorted({r["teacher_fingerprint"] for r in rows if r["teacher_fingerprint"]})
     notes = []
-    # Cells of one (arch, method) must be the same network; a count that differs means the code behind
+    # Cells of one (arch, level, method) must be the same network; a count that differs means the code behind
     # the architecture's name changed between invocations.
-    for arch, method in sorted({(r["arch"], r["method"]) for r in rows}):
-        counts = sorted({r["parameters"] for r in rows if (r["arch"], r["method"]) == (arch, method) and r["parameters"]})
+    for arch, level, method in sorted({(r["arch"], r["level"], r["method"]) for r in rows}):
+        counts = sorted({r["parameters"] for r in rows
+                         if (r["arch"], r["level"], r["method"]) == (arch, level, method) and r["parameters"]})
         if len(counts) > 1:
-            notes.append(f"**{method} {arch} cells have different parameter counts** ({counts}): the architecture "
+            what = f"{method} {arch}" + (f" {level}" if cfg.shows_level else "")
+            notes.append(f"**{what} cells have different parameter counts** ({counts}): the architecture "
                          "changed between runs, so they are not comparable; retrain under a new sweep name.")
     if len(rows) < len(cells):
         notes.append(f"**{len(cells) - len(rows)} of {len(cells)} cells have not finished**; the tables hold "
@@ -411,7 +441,9 @@ def write_report(cfg: SweepConfig, cells: list[Cell], elapsed: float, trained: i
         f"# λ sweep `{cfg.name}`",
         "",
         f"Run directory `{run_dir}`; students `{', '.join(cfg.archs)}`{' (tiny)' if cfg.tiny else ''}; "
-        f"methods {', '.join(cfg.methods)}; λ ∈ {{{', '.join(f'{lam:g}' for lam in cfg.lambdas)}}}; seeds {seeds}; "
+        f"methods {', '.join(cfg.methods)}"
+        + (f"; levels {', '.join(cfg.levels)}" if cfg.shows_level else "")
+        + f"; λ ∈ {{{', '.join(f'{lam:g}' for lam in cfg.lambdas)}}}; seeds {seeds}; "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.crop_seconds} s crops"
         + (f"; other settings: {', '.join(cfg.student_options)}" if cfg.student_options else "") + ".",
         f"Teacher `{(teacher.get('teacher_fingerprint') or '—')[:12]}` ({teacher.get('arch', '—')}), test utterance "
@@ -419,7 +451,7 @@ def write_report(cfg: SweepConfig, cells: list[Cell], elapsed: float, trained: i
         "",
         "Numbers are test-split percentages (minDCF: p_target 0.01, C_miss = C_fa = 1, normalised), mean ± sample "
         "standard deviation over seeds. Verification uses cosine scores of full-length utterances. λ = 0 is the "
-        "audio-only student, trained once per architecture and seed and shared by every method. "
+        "audio-only student, trained once per architecture, level and seed and shared by every method. "
         "\"With distillation\" is the λ > 0 with the best mean *validation* accuracy, so no test number picks it.",
         "",
         *(f"> {note}\n" for note in notes),

@@ -17,9 +17,10 @@ from tqdm import tqdm
 
 from cache.store import StoreError, open_store
 from pipeline import config as config_io
+from pipeline import distributed, runs
 from pipeline import metrics as metric_fns
-from pipeline import runs
 from pipeline.distill import LEVELS, METHODS, build_method
+from pipeline.distributed import SINGLE_PROCESS, Distributed
 from pipeline.features import (
     SEGMENT_SECONDS,
     SEGMENT_SPEC_FRAMES,
@@ -35,13 +36,16 @@ from pipeline.manifest import Entry, read_classes, read_manifest, read_trials
 from pipeline.models.students import STUDENTS, StudentSpec, build_student
 from pipeline.runs import find_store
 from pipeline.training import (
-    TrainingConfig,
     LAST_CHECKPOINT,
+    TrainingConfig,
     adam_with_cyclic_lr,
+    autocast_dtype,
+    build_loader,
     load_training_state,
     plot_history,
     save_training_state,
-    start_run,
+    speed_settings,
+    start_distributed_run,
 )
 
 TARGETS = ("crop-peak", "utterance-peak")
@@ -65,6 +69,7 @@ class StudentConfig(TrainingConfig):
     expect_teacher: str | None = None  # fingerprint (or prefix) the cache must have been made by
 
     def validate(self) -> None:
+        self.validate_training("train-student")
         if self.arch not in STUDENTS:
             raise config_io.ConfigError(f"train-student: unknown arch {self.arch!r}; registered: {sorted(STUDENTS)}")
         if self.method not in METHODS:
@@ -133,21 +138,25 @@ WINDOW_TARGETS = ("aggregator", "window-soft")  # written only by a sequential t
 
 
 class _Crops(torch.utils.data.Dataset):
-    """Item = a random crop on the 1 s grid (repeat-padded), its class, and its cached target (TARGET_READERS)."""
+    """Item = a random crop on the 1 s grid (repeat-padded), its class, and its cached target (TARGET_READERS).
 
-    def __init__(self, entries: list[Entry], labels: list[int], spectrograms: Path, cache: Path | None,
-                 crop_seconds: int, target: str | None):
+    `spectrograms` and `cache` are store paths, opened lazily once per DataLoader worker, or objects with the
+    store's `read` (the benchmark's in-memory copies).
+    """
+
+    def __init__(self, entries: list[Entry], labels: list[int], spectrograms, cache, crop_seconds: int,
+                 target: str | None):
         self.entries, self.labels, self.crop_seconds, self.target = entries, labels, crop_seconds, target
-        self.paths = (spectrograms, cache)
-        self.spectrograms = self.cache = None  # opened lazily, once per DataLoader worker
+        self.sources = (spectrograms, cache)
+        self.spectrograms = self.cache = None
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int):
         if self.spectrograms is None:
-            self.spectrograms = open_store(self.paths[0])
-            self.cache = open_store(self.paths[1]) if self.paths[1] is not None else None
+            self.spectrograms, self.cache = (open_store(source) if isinstance(source, (str, Path)) else source
+                                             for source in self.sources)
         entry = self.entries[index]
         crop = random_crop(entry.n_video_frames, self.crop_seconds)
         spectrogram = self.spectrograms.read(entry.key, "spectrogram", *crop.spec_range)
@@ -202,46 +211,93 @@ def open_checked_cache(path: Path, classes: list[str], entries: list[Entry], exp
 
 
 @torch.inference_mode()
-def embed_utterances(model, spectrograms, keys: list[str], device) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and logits of full-length utterances (shorter than 1 s: repeat-padded to 1 s)."""
+def embed_utterances(model, spectrograms, keys: list[str], device, job: Distributed = SINGLE_PROCESS
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and logits of full-length utterances (shorter than 1 s: repeat-padded to 1 s).
+
+    Under torchrun each rank embeds every world_size-th key and all ranks get every row, in `keys` order."""
     model.eval()
-    embeddings, logits = [], []
-    for key in keys:
+    rows = []
+    for key in distributed.shard(keys, job):
         spectrogram = repeat_pad(spectrograms.read(key, "spectrogram"), SEGMENT_SPEC_FRAMES)
         spectrogram = torch.from_numpy(spectrogram.astype(np.float32))[None].to(device)
         embedding, logit = model(spectrogram)
-        embeddings.append(embedding[0].float().cpu().numpy())
-        logits.append(logit[0].float().cpu().numpy())
-    dim = model.spec.embed_dim
-    return np.stack(embeddings) if keys else np.zeros((0, dim)), np.stack(logits) if keys else np.zeros((0, 1))
+        rows.append((embedding[0].float().cpu().numpy(), logit[0].float().cpu().numpy()))
+    rows = distributed.unshard(distributed.gather(job, rows), len(keys))
+    if not keys:
+        return np.zeros((0, model.spec.embed_dim)), np.zeros((0, model.spec.num_classes))
+    return np.stack([embedding for embedding, _ in rows]), np.stack([logit for _, logit in rows])
 
 
-def identification(model, spectrograms, entries: list[Entry], class_index: dict, device) -> dict:
+def identification(model, spectrograms, entries: list[Entry], class_index: dict, device,
+                   job: Distributed = SINGLE_PROCESS) -> dict:
     """Top-1/top-5, UA, WA, per-class recall and the confusion matrix on full-length utterances."""
-    _, logits = embed_utterances(model, spectrograms, [e.key for e in entries], device)
+    _, logits = embed_utterances(model, spectrograms, [e.key for e in entries], device, job)
     labels = np.array([class_index[e.label] for e in entries], dtype=np.int64)
     return metric_fns.classification_metrics(logits, labels, list(class_index))
 
 
-def verification(model, spectrograms, trials, device) -> dict | None:
+def verification(model, spectrograms, trials, device, job: Distributed = SINGLE_PROCESS) -> dict | None:
     if not trials:
         return None
     keys = sorted({key for trial in trials for key in (trial.enrol, trial.test)})
-    embeddings, _ = embed_utterances(model, spectrograms, keys, device)
+    embeddings, _ = embed_utterances(model, spectrograms, keys, device, job)
     scores = metric_fns.cosine_scores(dict(zip(keys, embeddings)), [(t.enrol, t.test) for t in trials])
     labels = np.array([t.label for t in trials])
     return {"eer": metric_fns.equal_error_rate(scores, labels), "min_dcf": metric_fns.min_dcf(scores, labels),
             "trials": len(trials)}
 
 
+class StudentStep(nn.Module):
+    """One training step's forward: the method's losses for a batch. The student and the method's own trained
+    parts (multitask's decoder, discarded at inference) are its children, so one module is what the optimiser
+    trains, DistributedDataParallel wraps, torch.compile compiles and a resumed run restores."""
+
+    def __init__(self, student: nn.Module, method: nn.Module, lam: float):
+        super().__init__()
+        self.student, self.method, self.lam = student, method, lam
+
+    def forward(self, spectrogram: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None):
+        return self.method(self.student, spectrogram, labels, target, self.lam)
+
+
+def train_epoch(step: nn.Module, loader, optimiser, scheduler, device: torch.device, autocast: torch.dtype | None,
+                max_steps: int = 0, progress: str | None = None) -> dict[str, float]:
+    """One pass over `loader`; returns this rank's sums (loss, cross_entropy, distance, hits, seen)."""
+    sums = {"loss": 0.0, "cross_entropy": 0.0, "distance": 0.0, "hits": 0.0, "seen": 0.0}
+    step.train()
+    batches = tqdm(loader, desc=progress, unit="batch", leave=False, disable=progress is None)
+    for index, (spectrogram, labels, target) in enumerate(batches):
+        if max_steps and index >= max_steps:
+            break
+        spectrogram, labels = spectrogram.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True) if target.shape[-1] else None
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            losses = step(spectrogram, labels, target)
+        optimiser.zero_grad(set_to_none=True)
+        losses.total.backward()
+        optimiser.step()
+        scheduler.step()
+        n = len(labels)
+        sums["loss"] += losses.total.item() * n
+        sums["cross_entropy"] += losses.cross_entropy.item() * n
+        sums["distance"] += losses.distance.item() * n
+        sums["hits"] += int((losses.logits.argmax(1) == labels).sum())
+        sums["seen"] += n
+    return sums
+
+
 def run(cfg: StudentConfig) -> Path:
-    """Train the student; writes student.pt (self-contained), metrics.json, history.png, config.toml."""
+    """Train the student; writes student.pt (self-contained), metrics.json, history.png, config.toml.
+
+    Under torchrun every rank trains on its DistributedSampler share; rank 0 writes the outputs."""
     run_dir = cfg.resolved_run_dir
     prepared = runs.prepare_dir(run_dir)
     out = runs.students_dir(run_dir) / cfg.run_name
-    resume_from = start_run(out, cfg, cfg.resume, cfg.overwrite)
-    runs.seed_everything(cfg.seed)
     device = runs.resolve_device(cfg.device)
+    job = distributed.setup(device)
+    resume_from = start_distributed_run(out, cfg, job)
+    runs.seed_everything(cfg.seed)
 
     entries = read_manifest(prepared)
     classes = read_classes(prepared)
@@ -262,51 +318,39 @@ def run(cfg: StudentConfig) -> Path:
     spec = StudentSpec(cfg.arch, cfg.tiny, len(classes), embed_dim, cfg.sequential)
     model = build_student(spec).to(device)
     method = build_method(cfg.method, cfg.level, cfg.distance, cfg.temperature, embed_dim).to(device)
-    # what the optimiser trains and a resumed run restores: the student and the method's own parts
-    # (multitask's decoder, discarded at inference)
-    trained = nn.ModuleDict({"student": model, "method": method})
-    # Workers are re-created each epoch from loader_generator, so a resumed run draws the same crops.
-    loader_generator = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        _Crops(train, [class_index[e.label] for e in train], spectrogram_path, cache_path, cfg.crop_seconds, target_kind),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(train) > cfg.batch_size,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        generator=loader_generator,
-    )
-    optimiser, scheduler = adam_with_cyclic_lr(trained, cfg.lr_min, cfg.lr_max, len(loader), cfg.cycle_epochs)
+    step = speed_settings(StudentStep(model, method, cfg.lam), cfg, device)
+    # multitask's decoder gets no gradient at λ = 0: DDP must then look for unused parameters
+    trained_step = distributed.wrap(step, job, device, find_unused=any(True for _ in method.parameters()))
+    dataset = _Crops(train, [class_index[e.label] for e in train], spectrogram_path, cache_path, cfg.crop_seconds,
+                     target_kind)
+    loader, loader_generator = build_loader(dataset, cfg, job, device, cfg.seed)
+    steps_per_epoch = min(len(loader), cfg.max_steps_per_epoch or len(loader))
+    optimiser, scheduler = adam_with_cyclic_lr(step, cfg.lr_min, cfg.lr_max, steps_per_epoch, cfg.cycle_epochs)
+    autocast = autocast_dtype(cfg.precision, device)
     val = by_split["val"] or by_split["test"]
     history, first_epoch = [], 1
     if resume_from is not None:
-        finished_epoch, history = load_training_state(resume_from, trained, optimiser, scheduler, loader_generator)
+        finished_epoch, history = load_training_state(resume_from, step, optimiser, scheduler, loader_generator, job)
         first_epoch = finished_epoch + 1
-        tqdm.write(f"{out}: resuming after epoch {finished_epoch}")
+        if job.is_main:
+            tqdm.write(f"{out}: resuming after epoch {finished_epoch}")
     for epoch in range(first_epoch, cfg.epochs + 1):
         epoch_started = time.perf_counter()
-        trained.train()
-        sums = {"loss": 0.0, "cross_entropy": 0.0, "distance": 0.0}
-        hits = seen = 0
-        for spectrogram, labels, target in tqdm(loader, desc=f"student epoch {epoch}/{cfg.epochs}", unit="batch", leave=False):
-            spectrogram, labels = spectrogram.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            target = target.to(device, non_blocking=True) if cache_path is not None else None
-            losses = method(model, spectrogram, labels, target, cfg.lam)
-            optimiser.zero_grad(set_to_none=True)
-            losses.total.backward()
-            optimiser.step()
-            scheduler.step()
-            for name in sums:
-                sums[name] += getattr(losses, "total" if name == "loss" else name).item() * len(labels)
-            hits += int((losses.logits.argmax(1) == labels).sum())
-            seen += len(labels)
-        row = {"epoch": epoch, **{name: value / seen for name, value in sums.items()}, "train_accuracy": hits / seen}
-        row["val_accuracy"] = identification(model, spectrograms, val, class_index, device)["top1"]
+        if loader.sampler is not None and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        sums = train_epoch(trained_step, loader, optimiser, scheduler, device, autocast, cfg.max_steps_per_epoch,
+                           f"student epoch {epoch}/{cfg.epochs}" if job.is_main else None)
+        sums = distributed.sum_over_ranks(job, sums)  # every rank's batches count once
+        seen = max(sums["seen"], 1.0)
+        row = {"epoch": epoch, **{name: sums[name] / seen for name in ("loss", "cross_entropy", "distance")},
+               "train_accuracy": sums["hits"] / seen}
+        row["val_accuracy"] = identification(model, spectrograms, val, class_index, device, job)["top1"]
         row["seconds"] = time.perf_counter() - epoch_started
         history.append(row)
-        save_training_state(out / LAST_CHECKPOINT, trained, optimiser, scheduler, loader_generator, epoch, history)
-        tqdm.write(f"student {cfg.run_name} epoch {epoch}: loss {row['loss']:.3f} "
-                   f"(CE {row['cross_entropy']:.3f}, D {row['distance']:.4f}) val acc {row['val_accuracy']:.3f}")
+        save_training_state(out / LAST_CHECKPOINT, step, optimiser, scheduler, loader_generator, epoch, history, job)
+        if job.is_main:
+            tqdm.write(f"student {cfg.run_name} epoch {epoch}: loss {row['loss']:.3f} "
+                       f"(CE {row['cross_entropy']:.3f}, D {row['distance']:.4f}) val acc {row['val_accuracy']:.3f}")
 
     trials = read_trials(prepared)
     metrics = {
@@ -322,13 +366,18 @@ def run(cfg: StudentConfig) -> Path:
         "parameters": sum(p.numel() for p in model.parameters()),
         "teacher_fingerprint": fingerprint,
         "cache": str(cache_path) if cache_path else None,
-        "identification": identification(model, spectrograms, by_split["test"], class_index, device),
-        "verification": verification(model, spectrograms, trials, device),
+        "identification": identification(model, spectrograms, by_split["test"], class_index, device, job),
+        "verification": verification(model, spectrograms, trials, device, job),
         "train_seconds": sum(row["seconds"] for row in history),
+        "processes": job.world_size,
+        "precision": str(autocast).removeprefix("torch.") if autocast else "float32",
         "history": history,
     }
     spectrogram_params = spectrograms.attrs["spectrogram"]
     spectrograms.close()
+    if not job.is_main:
+        distributed.teardown(job)
+        return out
     runs.save_checkpoint(
         {"spec": asdict(spec), "class_names": classes, "spectrogram": spectrogram_params,
          "method": cfg.method, "level": cfg.level, "lambda": cfg.lam, "teacher_fingerprint": fingerprint,
@@ -341,4 +390,5 @@ def run(cfg: StudentConfig) -> Path:
     verification_text = (f", EER {metrics['verification']['eer']:.3f}" if metrics["verification"] else "")
     tqdm.write(f"train-student {cfg.run_name}: test accuracy {metrics['identification']['top1']:.3f}"
                f"{verification_text} → {out}")
+    distributed.teardown(job)
     return out

@@ -15,23 +15,38 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from cache.store import open_store
 from pipeline import config as config_io
-from pipeline import runs
-from pipeline.features import SEGMENT_VIDEO_FRAMES, n_segments, random_crop, segment_means
+from pipeline import distributed, runs
+from pipeline.distributed import SINGLE_PROCESS, Distributed
+from pipeline.features import (
+    SEGMENT_VIDEO_FRAMES,
+    n_segments,
+    random_crop,
+    segment_means,
+)
 from pipeline.manifest import read_classes, read_manifest
-from pipeline.models.teachers import TEACHERS, TeacherSpec, build_teacher, load_initial_weights
+from pipeline.models.teachers import (
+    TEACHERS,
+    TeacherSpec,
+    build_teacher,
+    load_initial_weights,
+)
 from pipeline.runs import find_store
 from pipeline.training import (
-    TrainingConfig,
     LAST_CHECKPOINT,
+    TrainingConfig,
     adam_with_cyclic_lr,
+    autocast_dtype,
+    build_loader,
     load_training_state,
     plot_history,
     save_training_state,
-    start_run,
+    speed_settings,
+    start_distributed_run,
 )
 
 
@@ -50,6 +65,7 @@ class TeacherConfig(TrainingConfig):
     init_weights: Path | None = None
 
     def validate(self) -> None:
+        self.validate_training("train-teacher")
         if self.arch not in TEACHERS:
             raise config_io.ConfigError(f"train-teacher: unknown arch {self.arch!r}; registered: {sorted(TEACHERS)}")
         counts = ("epochs", "batch_size", "frames_per_utterance", "window_seconds", "frames_per_segment")
@@ -116,25 +132,43 @@ def _collate_windows(items):
 
 
 @torch.inference_mode()
-def evaluate_teacher(model, store, keys: list[str], labels: list[int], device, batch_frames: int = 256) -> dict:
+def evaluate_teacher(model, store, keys: list[str], labels: list[int], device, batch_frames: int = 256,
+                     job: Distributed = SINGLE_PROCESS) -> dict:
     """Frame accuracy and utterance accuracy: the mean of frame logits over every frame of the utterance, or
-    for a sequential teacher the aggregator over all its segment means (Eq. 5, 6)."""
+    for a sequential teacher the aggregator over all its segment means (Eq. 5, 6). Under torchrun each rank
+    scores every world_size-th utterance and the counts are summed."""
     model.eval()
-    frame_hits = frame_total = utterance_hits = 0
-    for key, label in zip(keys, labels):
+    counts = {"frame_hits": 0, "frames": 0, "utterance_hits": 0, "utterances": 0}
+    for key, label in zip(distributed.shard(keys, job), distributed.shard(labels, job)):
         frames = torch.from_numpy(store.read(key, "frames"))
         outputs = [model(frames[i : i + batch_frames].to(device)) for i in range(0, len(frames), batch_frames)]
         logits = torch.cat([logit.float().cpu() for _, logit in outputs])
-        frame_hits += int((logits.argmax(1) == label).sum())
-        frame_total += len(logits)
+        counts["frame_hits"] += int((logits.argmax(1) == label).sum())
+        counts["frames"] += len(logits)
         if model.aggregator is None:
             utterance_logits = logits.mean(0)
         else:
             embeddings = torch.cat([embedding.float().cpu() for embedding, _ in outputs]).numpy()
             segments = torch.from_numpy(segment_means(embeddings))[None].to(device)  # (1, S, D)
             utterance_logits = model.head(model.aggregate(segments))[0]
-        utterance_hits += int(utterance_logits.argmax() == label)
-    return {"frame_accuracy": frame_hits / max(frame_total, 1), "utterance_accuracy": utterance_hits / max(len(keys), 1)}
+        counts["utterance_hits"] += int(utterance_logits.argmax() == label)
+        counts["utterances"] += 1
+    counts = distributed.sum_over_ranks(job, counts)
+    return {"frame_accuracy": counts["frame_hits"] / max(counts["frames"], 1),
+            "utterance_accuracy": counts["utterance_hits"] / max(counts["utterances"], 1)}
+
+
+class TeacherStep(nn.Module):
+    """One training step's forward: frame logits (or window logits for a sequential teacher) and the CE loss.
+    The module DistributedDataParallel wraps and torch.compile compiles; `teacher` is what gets saved."""
+
+    def __init__(self, teacher: nn.Module, sequential: bool):
+        super().__init__()
+        self.teacher, self.sequential = teacher, sequential
+
+    def forward(self, frames: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, logits = self.teacher.forward_window(frames) if self.sequential else self.teacher(frames)
+        return F.cross_entropy(logits, labels), logits
 
 
 def run(cfg: TeacherConfig) -> Path:
@@ -142,9 +176,10 @@ def run(cfg: TeacherConfig) -> Path:
     run_dir = cfg.resolved_run_dir
     prepared = runs.prepare_dir(run_dir)
     out = runs.teacher_dir(run_dir)
-    resume_from = start_run(out, cfg, cfg.resume, cfg.overwrite)
-    runs.seed_everything(cfg.seed)
     device = runs.resolve_device(cfg.device)
+    job = distributed.setup(device)
+    resume_from = start_distributed_run(out, cfg, job)
+    runs.seed_everything(cfg.seed)
 
     entries = read_manifest(prepared)
     classes = read_classes(prepared)
@@ -159,8 +194,9 @@ def run(cfg: TeacherConfig) -> Path:
     if cfg.init_weights is not None:
         state = torch.load(cfg.init_weights, map_location="cpu", weights_only=True)
         report = load_initial_weights(model, state)
-        tqdm.write(f"train-teacher: initialised {len(report['loaded'])} tensors from {cfg.init_weights} "
-                   f"(missing {len(report['missing'])}, skipped {len(report['skipped'])})")
+        if job.is_main:
+            tqdm.write(f"train-teacher: initialised {len(report['loaded'])} tensors from {cfg.init_weights} "
+                       f"(missing {len(report['missing'])}, skipped {len(report['skipped'])})")
     model.to(device)
 
     train = by_split["train"]
@@ -169,52 +205,63 @@ def run(cfg: TeacherConfig) -> Path:
         dataset = _RandomWindows(store_path, train_keys, train_labels, cfg.window_seconds, cfg.frames_per_segment)
     else:
         dataset = _RandomFrames(store_path, train_keys, train_labels, cfg.frames_per_utterance)
-    # Workers are re-created each epoch from loader_generator, so a resumed run draws the same crops.
-    loader_generator = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(train) > cfg.batch_size,
-        num_workers=cfg.num_workers,
-        collate_fn=_collate_windows if cfg.sequential else _collate,
-        generator=loader_generator,
-    )
-    optimiser, scheduler = adam_with_cyclic_lr(model, cfg.lr_min, cfg.lr_max, len(loader), cfg.cycle_epochs)
+    step = speed_settings(TeacherStep(model, cfg.sequential), cfg, device)
+    trained_step = distributed.wrap(step, job, device)
+    loader, loader_generator = build_loader(dataset, cfg, job, device, cfg.seed,
+                                            collate=_collate_windows if cfg.sequential else _collate)
+    steps_per_epoch = min(len(loader), cfg.max_steps_per_epoch or len(loader))
+    optimiser, scheduler = adam_with_cyclic_lr(model, cfg.lr_min, cfg.lr_max, steps_per_epoch, cfg.cycle_epochs)
+    autocast = autocast_dtype(cfg.precision, device)
     store = open_store(store_path)
     val = by_split["val"] or by_split["test"]
     history, first_epoch = [], 1
     if resume_from is not None:
-        finished_epoch, history = load_training_state(resume_from, model, optimiser, scheduler, loader_generator)
+        finished_epoch, history = load_training_state(resume_from, model, optimiser, scheduler, loader_generator, job)
         first_epoch = finished_epoch + 1
-        tqdm.write(f"{out}: resuming after epoch {finished_epoch}")
+        if job.is_main:
+            tqdm.write(f"{out}: resuming after epoch {finished_epoch}")
     for epoch in range(first_epoch, cfg.epochs + 1):
         epoch_started = time.perf_counter()
-        model.train()
-        losses, hits, seen = [], 0, 0
-        for frames, labels in tqdm(loader, desc=f"teacher epoch {epoch}/{cfg.epochs}", unit="batch", leave=False):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        trained_step.train()
+        sums = {"loss": 0.0, "batches": 0.0, "hits": 0.0, "seen": 0.0}
+        batches = tqdm(loader, desc=f"teacher epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                       disable=not job.is_main)
+        for index, (frames, labels) in enumerate(batches):
+            if cfg.max_steps_per_epoch and index >= cfg.max_steps_per_epoch:
+                break
             frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            _, logits = model.forward_window(frames) if cfg.sequential else model(frames)
-            loss = F.cross_entropy(logits, labels)
+            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss, logits = trained_step(frames, labels)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             scheduler.step()
-            losses.append(loss.item())
-            hits += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "train_accuracy": hits / seen}  # per frame or window
+            sums["loss"] += loss.item()
+            sums["batches"] += 1
+            sums["hits"] += int((logits.argmax(1) == labels).sum())
+            sums["seen"] += len(labels)
+        sums = distributed.sum_over_ranks(job, sums)
+        # per frame (or window); the loss is the mean over every rank's batches
+        row = {"epoch": epoch, "loss": sums["loss"] / max(sums["batches"], 1),
+               "train_accuracy": sums["hits"] / max(sums["seen"], 1)}
         row.update({f"val_{k}": v for k, v in evaluate_teacher(
-            model, store, [e.key for e in val], [class_index[e.label] for e in val], device).items()})
+            model, store, [e.key for e in val], [class_index[e.label] for e in val], device, job=job).items()})
         row["seconds"] = time.perf_counter() - epoch_started
         history.append(row)
-        save_training_state(out / LAST_CHECKPOINT, model, optimiser, scheduler, loader_generator, epoch, history)
-        tqdm.write(f"teacher epoch {epoch}: loss {row['loss']:.3f}  val utterance acc {row['val_utterance_accuracy']:.3f}")
+        save_training_state(out / LAST_CHECKPOINT, model, optimiser, scheduler, loader_generator, epoch, history, job)
+        if job.is_main:
+            tqdm.write(f"teacher epoch {epoch}: loss {row['loss']:.3f}  val utterance acc {row['val_utterance_accuracy']:.3f}")
 
     test = by_split["test"]
-    test_metrics = evaluate_teacher(model, store, [e.key for e in test], [class_index[e.label] for e in test], device)
+    test_metrics = evaluate_teacher(model, store, [e.key for e in test], [class_index[e.label] for e in test], device,
+                                    job=job)
     face_size = int(store.attrs["face_size"])
     store.close()
+    if not job.is_main:
+        distributed.teardown(job)
+        return out
     checkpoint = runs.save_checkpoint(
         {"spec": asdict(spec), "class_names": classes, "face_size": face_size,
          "window_seconds": cfg.window_seconds if cfg.sequential else None,
@@ -229,6 +276,7 @@ def run(cfg: TeacherConfig) -> Path:
         "sequential": cfg.sequential,
         "parameters": sum(p.numel() for p in model.parameters()),
         "test": test_metrics,
+        "processes": job.world_size,
         "train_seconds": sum(row["seconds"] for row in history),
         "history": history,
     }
@@ -239,4 +287,5 @@ def run(cfg: TeacherConfig) -> Path:
         f"train-teacher: test utterance accuracy {test_metrics['utterance_accuracy']:.3f}, "
         f"frame accuracy {test_metrics['frame_accuracy']:.3f} → {checkpoint}"
     )
+    distributed.teardown(job)
     return out

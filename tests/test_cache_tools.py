@@ -33,18 +33,22 @@ def teacher(tmp_path: Path) -> Path:
     return path
 
 
-def manifest_dir(tmp_path: Path, keys: list[str]) -> Path:
-    directory = tmp_path / f"prepare-{len(keys)}"
+def manifest_dir(tmp_path: Path, keys: list[str], splits: dict[str, str] | None = None) -> Path:
+    """A prepare directory listing `keys`, each in split "train" unless `splits` says otherwise."""
+    directory = tmp_path / f"prepare-{len(keys)}{'-split' if splits else ''}"
     directory.mkdir()
-    write_manifest(directory, [Entry(key, "spk", "train", 1, 0.04, "") for key in keys], ["spk"], [])
+    entries = [Entry(key, "spk", (splits or {}).get(key, "train"), 1, 0.04, "") for key in keys]
+    write_manifest(directory, entries, ["spk"], [])
     return directory
 
 
 def make_store(tmp_path: Path, backend: str, teacher: Path, manifest: Path, name: str = "cache", *,
-               complete: bool = True, nan_key: str | None = None) -> Path:
+               complete: bool = True, nan_key: str | None = None, splits: list[str] | None = None) -> Path:
     path = tmp_path / f"{name}{SUFFIXES[backend]}"
     attrs = {"teacher_fingerprint": hashlib.sha256(teacher.read_bytes()).hexdigest(),
              "manifest_sha256": manifest_hash(manifest), "video_fps": 25}
+    if splits is not None:  # a teacher cache records the splits it exported
+        attrs["splits"] = splits
     rng = np.random.default_rng(0)
     with create_store(path, FIELDS, attrs, backend=backend) as writer:
         writer.set_expected(len(KEYS), finish_with="avl stage export-embeddings --config x.toml")
@@ -113,6 +117,23 @@ def test_verify_names_every_problem(tmp_path, backend, teacher):
         assert result.exit_code == 1, (name, result.output)
         assert re.search(message, result.output), (name, result.output)
         assert "problem:" in result.output, name
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_verify_checks_only_the_exported_splits_and_flags_any_other(tmp_path, backend, teacher):
+    """A cache records the splits it exported: a test key absent is right, a test key present is a leak."""
+    exported = manifest_dir(tmp_path, KEYS + ["t1", "t2"], {"e": "val", "t1": "test", "t2": "test"})
+    path = make_store(tmp_path, backend, teacher, exported, splits=["train", "val"])
+    assert verify_store(path, manifest=exported, teacher=teacher) == []
+    leaky = manifest_dir(tmp_path, KEYS, {"a": "test"})
+    problems = verify_store(make_store(tmp_path, backend, teacher, leaky, "leaky", splits=["train", "val"]),
+                            manifest=leaky)
+    assert problems == ["the store holds 1 keys of splits ['test'] it was not to export (splits ['train', 'val']), "
+                        "e.g. ['a']"], problems
+    wider = manifest_dir(tmp_path, KEYS + ["f"], {"f": "val"})
+    problems = verify_store(make_store(tmp_path, backend, teacher, wider, "wider", splits=["train", "val"]),
+                            manifest=wider)
+    assert problems == ["1 of 6 manifest keys of splits ['train', 'val'] are missing from the store, e.g. ['f']"]
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))

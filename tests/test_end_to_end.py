@@ -36,14 +36,20 @@ def test_every_stage_wrote_its_outputs(demo_run):
     assert (demo_run / "demo.md").read_text().count("audio student") == 2
 
 
-def test_cache_holds_every_target_for_every_utterance(demo_run):
+def test_cache_holds_every_target_for_every_train_and_val_utterance_and_no_test_one(demo_run):
+    from pipeline.manifest import read_manifest
+
     run_dir = demo_run / "run"
     cache = open_store(run_dir / "embeddings" / "voxceleb.zarr")
     faces = open_store(run_dir / "prepare" / "faces.zarr")
     teacher = runs.read_json(run_dir / "teacher" / "metrics.json")
     assert cache.attrs["teacher_fingerprint"] == teacher["teacher_fingerprint"]
     assert cache.attrs["teacher_fingerprint"] == runs.file_sha256(run_dir / "teacher" / "teacher.pt")
-    assert sorted(cache.keys) == sorted(faces.keys)
+    assert cache.attrs["splits"] == ["train", "val"]
+    entries = read_manifest(run_dir / "prepare")
+    assert sorted(cache.keys) == sorted(e.key for e in entries if e.split in ("train", "val"))
+    assert not {e.key for e in entries if e.split == "test"} & set(cache.keys)
+    assert set(cache.keys) < set(faces.keys)
     for key in cache.keys:
         n_frames = faces.length(key, "frames")
         assert cache.length(key, "frames") == cache.length(key, "frame_prob") == n_frames

@@ -27,11 +27,26 @@ def test_grid_trains_lambda_zero_once_per_arch_and_seed():
     assert len(cells) == 2 + 2 * 2 * 2 and len(set(cells)) == len(cells)
 
 
+def test_levels_axis_names_cells_only_when_not_the_default():
+    default = sweep.SweepConfig(lambdas=(0.0, 0.4), seeds=(0,))
+    assert [c.cell_id for c in sweep.grid(default)] == ["none-resnet-lambda0-seed0", "proposed-resnet-lambda0.4-seed0"]
+    cfg = sweep.SweepConfig(lambdas=(0.0, 0.4), levels=("non-sequential", "encoder"), seeds=(0,))
+    assert [c.cell_id for c in sweep.grid(cfg)] == [
+        "none-resnet-lambda0-seed0", "proposed-resnet-lambda0.4-seed0",  # the names a one-level sweep gives
+        "none-resnet-encoder-lambda0-seed0", "proposed-resnet-encoder-lambda0.4-seed0"]
+    assert sweep.cell_config(cfg, sweep.grid(cfg)[3]).level == "encoder"
+    assert not default.shows_level and cfg.shows_level
+
+
 def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(config_io.ConfigError, match="λ must lie in"):
         _config(tmp_path, lambdas=[0.0, 1.5])
     with pytest.raises(config_io.ConfigError, match="repeated"):
         _config(tmp_path, seeds=[0, 0])
+    with pytest.raises(config_io.ConfigError, match="levels has repeated values"):
+        _config(tmp_path, levels=["encoder", "encoder"])
+    with pytest.raises(config_io.ConfigError, match="may not set \\['level'\\]"):
+        _config(tmp_path, student_options=["level='encoder'"])
     with pytest.raises(config_io.ConfigError, match="may not set \\['lam'\\]"):
         _config(tmp_path, student_options=["lam=0.3"])
     with pytest.raises(config_io.ConfigError, match="not key=value"):
@@ -40,6 +55,7 @@ def test_config_errors_name_the_problem(tmp_path):
         "lr_max": 2e-3, "distance": "cosine", "target": "utterance-peak"}
     # Unknown methods, architectures and keys are stage 3's to reject, before any cell trains.
     for bad, message in ((dict(methods=["nope"]), "unknown method"), (dict(archs=["nope"]), "unknown arch"),
+                         (dict(levels=["nope"]), "unknown level"),
                          (dict(student_options=["lr_maxx=1"]), "lr_maxx")):
         cfg = _config(tmp_path, **bad)
         with pytest.raises(config_io.ConfigError, match=message):
@@ -84,6 +100,47 @@ def test_finished_cells_are_skipped_and_unfinished_ones_resumed(tmp_path, monkey
     assert "| resnet | proposed | 0.5 | 2 |" in report
     with pytest.raises(config_io.ConfigError, match=r"other settings \(\['epochs'\]\)"):
         sweep.run(replace(cfg, epochs=3))  # a finished cell is never reused with different settings
+
+
+def _fake_stage_3(calls: list):
+    """A stand-in for stage 3 that records the cell and writes metrics that depend on λ and the level."""
+    def fake_run(student_cfg: train_student.StudentConfig) -> Path:
+        calls.append((student_cfg.name, student_cfg.level, student_cfg.resume))
+        out = runs.students_dir(student_cfg.run_dir) / student_cfg.name
+        config_io.save(student_cfg, out / "config.toml")
+        top1 = 0.6 + student_cfg.lam / 10 + (0.05 if student_cfg.level == "encoder" else 0.0)
+        runs.write_json(out / "metrics.json", {"identification": {"top1": top1, "ua": top1 - 0.1},
+                                               "history": [{"val_accuracy": 0.5}], "parameters": 10})
+        return out
+    return fake_run
+
+
+def test_report_has_one_line_per_method_and_level(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    (run_dir / "prepare").mkdir(parents=True)
+    (run_dir / "prepare" / "manifest.tsv").write_text("key\tlabel\tsplit\tn_video_frames\tseconds\tsource\n")
+    calls = []
+    monkeypatch.setattr(train_student, "run", _fake_stage_3(calls))
+    cfg = _config(run_dir, name="levels", levels=["non-sequential", "encoder"], seeds=[0])
+    out = sweep.run(cfg)
+    assert [(name, level) for name, level, _ in calls] == [
+        ("levels/none-resnet-lambda0-seed0", "non-sequential"),
+        ("levels/proposed-resnet-lambda0.5-seed0", "non-sequential"),
+        ("levels/none-resnet-encoder-lambda0-seed0", "encoder"),
+        ("levels/proposed-resnet-encoder-lambda0.5-seed0", "encoder")]
+    report = (out / "report.md").read_text()
+    assert "| student | level | method | λ | seeds |" in report
+    assert "| resnet | non-sequential | proposed | 0.5 | 1 | 65.0 | +8.3% | 55.0 | +10.0% | 50.0 |" in report
+    assert "| resnet | encoder | proposed | 0 | 1 | 65.0 | — | 55.0 | — | 50.0 |" in report  # its own λ = 0
+    assert "| resnet | encoder | proposed | — | 65.0 | 70.0 | 0.5 | +7.7% |" in report  # paper-shaped table
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["level"], r["lambda"]) for r in rows} == {(level, lam) for level in ("non-sequential", "encoder")
+                                                         for lam in ("0.0", "0.5")}
+    summary = runs.read_json(out / "summary.json")
+    assert sorted((c["level"], c["lambda"]) for c in summary["cells"]) == [
+        ("encoder", 0.0), ("encoder", 0.5), ("non-sequential", 0.0), ("non-sequential", 0.5)]
+    assert (out / "top1_vs_lambda_resnet.png").stat().st_size > 1000
 
 
 @pytest.mark.slow

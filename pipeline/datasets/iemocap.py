@@ -212,6 +212,10 @@ class Iemocap:
             if turn.emotion in CLASS_OF_CODE and (self.include_scripted or "_script" not in turn.dialog)
         ]
 
+    def folds(self) -> list[int]:
+        """The folds this corpus has: every session with a labelled 4-class turn."""
+        return sorted({turn.session for turn in self._kept_turns()})
+
     def fold_speakers(self) -> tuple[list[int], list[str]]:
         """(test sessions, val speakers) of the fold among the sessions present."""
         if self.fold is None:

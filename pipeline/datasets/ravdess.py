@@ -230,6 +230,10 @@ class Ravdess:
             return [test], []  # with two actors, a validation actor would leave nothing to train on
         return [test], [actors[(actors.index(test) + 1) % len(actors)]]
 
+    def folds(self) -> list[int]:
+        """The folds this corpus has: every actor with a usable clip (the number of its `Actor_NN` folder)."""
+        return sorted({int(u.speaker.removeprefix("Actor_")) for u in self._pairs()[0]})
+
     def utterances(self) -> list[Utterance]:
         """Every utterance of the protocol, sorted by key (actor, then code), with its fold split."""
         if self._utterances is None:

@@ -7,7 +7,14 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.datasets.base import DatasetError, Trial, Utterance, attach_boxes, count_by, no_video_error
+from pipeline.datasets.base import (
+    DatasetError,
+    Trial,
+    Utterance,
+    attach_boxes,
+    count_by,
+    no_video_error,
+)
 
 # Official list paths: speaker/video/utterance.ext, e.g. "id10001/1zcIwhmdeo4/00001.wav".
 _LIST_PATH = re.compile(r"(id\d{5})/([A-Za-z0-9_-]+)/([^/\s]+)\.([A-Za-z0-9]+)")

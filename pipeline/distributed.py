@@ -1,0 +1,110 @@
+"""torchrun support for the training stages: one process per device, DistributedDataParallel, rank-0 outputs.
+
+Launch with `torchrun --nproc_per_node N -m pipeline.cli stage train-student …` (or `avl … --nproc-per-node N`,
+which re-executes itself under torchrun). Without torchrun's environment every helper here is the identity of
+a single process, so the stages have one code path. `batch_size` is per process: N processes train on N×B
+utterances per step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE_PROCESS = Distributed()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> Distributed:
+    """Join the process group torchrun describes (nccl on CUDA, gloo on the CPU); a no-op in a single process."""
+    if not launched_by_torchrun():
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def teardown(job: Distributed) -> None:
+    if job.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def broadcast(job: Distributed, value):
+    """Rank 0's `value` on every rank (any picklable object)."""
+    if not job.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(job: Distributed, value) -> list:
+    """Every rank's `value`, in rank order, on every rank."""
+    if not job.enabled:
+        return [value]
+    gathered = [None] * job.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def sum_over_ranks(job: Distributed, values: dict[str, float]) -> dict[str, float]:
+    """Element-wise sums of per-rank counters (loss sums, hits, items seen), in float64."""
+    if not job.enabled:
+        return values
+    names = sorted(values)
+    tensor = torch.tensor([float(values[name]) for name in names], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return dict(zip(names, tensor.tolist()))
+
+
+def barrier(job: Distributed) -> None:
+    if job.enabled:
+        dist.barrier()
+
+
+def shard(items: list, job: Distributed) -> list:
+    """This rank's share of an evaluation list (every `world_size`-th item); `unshard` restores the order."""
+    return items[job.rank :: job.world_size]
+
+
+def unshard(parts: list[list], n_items: int) -> list:
+    """Interleave per-rank shards made by `shard` back into the original order."""
+    merged = [None] * n_items
+    for rank, part in enumerate(parts):
+        merged[rank :: len(parts)] = part
+    return merged
+
+
+def wrap(module: torch.nn.Module, job: Distributed, device: torch.device, find_unused: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel around `module` when running under torchrun; the module itself otherwise.
+
+    find_unused: some parameters may get no gradient in a step (DDP must then not wait for them)."""
+    if not job.enabled:
+        return module
+    device_ids = [device.index if device.index is not None else job.local_rank] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused)
