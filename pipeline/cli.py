@@ -368,6 +368,7 @@ def bench(
     batch_size: Optional[int] = typer.Option(None),
     crop_seconds: Optional[int] = typer.Option(None),
     steps: Optional[int] = typer.Option(None, help="Timed training steps per input pipeline and round."),
+    epochs: Optional[int] = typer.Option(None, help="Cached vs live teacher: epochs timed after a warm-up epoch."),
     rss_utterances: Optional[str] = typer.Option(None, help="Comma-separated dataset sizes for the peak-RSS runs (default: 200,1600)."),
     num_workers: Optional[int] = WorkersOption,
     device: Optional[str] = DeviceOption,
@@ -381,7 +382,7 @@ def bench(
     sizes = tuple(int(size) for size in rss_utterances.split(",")) if rss_utterances else None
     stage.run(config_io.load(stage.BenchConfig, config, _overrides(
         work=work, speakers=speakers, utterances_per_speaker=utterances, arch=arch, tiny=tiny, batch_size=batch_size,
-        crop_seconds=crop_seconds, steps=steps, rss_utterances=sizes, num_workers=num_workers, device=device,
+        crop_seconds=crop_seconds, steps=steps, epochs=epochs, rss_utterances=sizes, num_workers=num_workers, device=device,
         out=out)))
 
 

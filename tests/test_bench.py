@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_bench_measures_every_section(tmp_path, capsys) -> None:
     cfg = config_io.build(bench.BenchConfig, {
         "work": tmp_path / "work", "speakers": 2, "utterances_per_speaker": 6, "batch_size": 2, "steps": 2,
-        "rounds": 2, "num_workers": 1, "device": "cpu", "rss_utterances": (20, 40), "rss_steps": 2,
+        "rounds": 2, "epochs": 1, "num_workers": 1, "device": "cpu", "rss_utterances": (20, 40), "rss_steps": 2,
         "out": tmp_path / "bench.json"})
     result = bench.run(cfg)
     out = capsys.readouterr().out  # the JSON object alone: progress went to stderr
@@ -38,4 +38,4 @@ def test_bench_measures_every_section(tmp_path, capsys) -> None:
 
 def test_bench_refuses_a_corpus_smaller_than_two_batches() -> None:
     with pytest.raises(config_io.ConfigError, match="two batches"):
-        config_io.build(bench.BenchConfig, {"speakers": 2, "utterances_per_speaker": 4, "batch_size": 8})
+        config_io.build(bench.BenchConfig, {"speakers": 2, "utterances_per_speaker": 4, "batch_size": 8, "epochs": 1})
