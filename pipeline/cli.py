@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -445,10 +446,8 @@ def main() -> None:
     """Entry point: known user errors print one clear message instead of a traceback."""
     try:
         command = _torchrun_command(sys.argv[1:])
-        if command is not None:
-            import subprocess
-
-            sys.exit(subprocess.call(command))
+        if command is not None:  # this process becomes torchrun: signals reach it and it stops its workers
+            os.execv(command[0], command)
         app()
     except Exception as error:  # noqa: BLE001 — only the known kinds are shortened
         if type(error).__name__ not in KNOWN_ERRORS:

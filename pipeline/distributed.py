@@ -44,7 +44,8 @@ def setup(device: torch.device) -> Distributed:
     if not launched_by_torchrun():
         return Distributed()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # gloo for the CPU-side counters and objects, nccl for CUDA tensors (gradients, buffers)
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
@@ -80,6 +81,15 @@ def sum_over_ranks(job: Distributed, values: dict[str, float]) -> dict[str, floa
     tensor = torch.tensor([float(values[name]) for name in names], dtype=torch.float64)
     dist.all_reduce(tensor)
     return dict(zip(names, tensor.tolist()))
+
+
+def sync_buffers(module: torch.nn.Module, job: Distributed) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: DDP broadcasts them only at the start of
+    a forward, so after the last step each rank's include its own last batch. Evaluation, sharded over ranks,
+    must use the statistics of the model rank 0 saves."""
+    if job.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier(job: Distributed) -> None:

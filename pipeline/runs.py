@@ -81,6 +81,8 @@ def resolve_device(name: str) -> torch.device:
         name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     device = torch.device(name)
     if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device
 

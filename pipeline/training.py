@@ -228,13 +228,16 @@ def load_training_state(path: Path, model: nn.Module, optimiser, scheduler, load
 
 def start_distributed_run(out: Path, cfg, job: Distributed) -> Path | None:
     """`start_run` on rank 0; every rank gets its answer, or the same error, so none waits forever."""
-    outcome = None
+    outcome, failure = None, None
     if job.is_main:
         try:
             outcome = ("ok", start_run(out, cfg, cfg.resume, cfg.overwrite))
-        except TrainingStateError as error:
-            outcome = ("error", str(error))
+        except Exception as error:  # noqa: BLE001 — every rank must learn of it, or they wait forever
+            outcome, failure = ("error", type(error).__name__, str(error)), error
     outcome = broadcast(job, outcome)
+    if failure is not None:
+        raise failure
     if outcome[0] == "error":
-        raise TrainingStateError(outcome[1])
+        raise (TrainingStateError if outcome[1] == "TrainingStateError" else RuntimeError)(
+            f"rank 0 could not start the run: {outcome[2]}" if outcome[1] != "TrainingStateError" else outcome[2])
     return outcome[1]

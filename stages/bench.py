@@ -84,8 +84,9 @@ class BenchConfig:
         if self.speakers * self.utterances_per_speaker < 2 * self.batch_size:
             raise config_io.ConfigError("bench: the corpus needs at least two batches of utterances "
                                         f"(speakers × utterances_per_speaker >= 2 × batch_size = {2 * self.batch_size})")
-        if any(size < 16 for size in self.rss_utterances):
-            raise config_io.ConfigError("bench: every rss_utterances size must be >= 16")
+        if any(size < 16 + self.batch_size for size in self.rss_utterances):  # 16 are val and test
+            raise config_io.ConfigError(f"bench: every rss_utterances size must be >= 16 + batch_size "
+                                        f"= {16 + self.batch_size}, got {list(self.rss_utterances)}")
 
 
 class MemoryStore:
@@ -152,16 +153,25 @@ def _live_targets(teacher, faces: list[torch.Tensor], device) -> torch.Tensor:
 
 
 def _student_step(spec: StudentSpec, device):
+    """Stage 3's training step with stage 3's default speed settings on `device` (CUDA: channels-last, bf16)."""
+    from types import SimpleNamespace
+
+    from pipeline.training import speed_settings
     from stages.train_student import StudentStep
 
     student = build_student(spec).to(device)
     step = StudentStep(student, build_method("proposed", "non-sequential", "mse", 1.0, spec.embed_dim), 0.4).to(device)
+    step = speed_settings(step, SimpleNamespace(channels_last=None, compile=False), device)
     return step, torch.optim.Adam(step.parameters(), lr=1e-3)
 
 
 def _train_step(step, optimiser, spectrogram, labels, target, device) -> None:
+    from pipeline.training import autocast_dtype
+
     spectrogram, labels = spectrogram.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-    losses = step(spectrogram, labels, target.to(device, non_blocking=True))
+    dtype = autocast_dtype("auto", device)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        losses = step(spectrogram, labels, target.to(device, non_blocking=True))
     optimiser.zero_grad(set_to_none=True)
     losses.total.backward()
     optimiser.step()
@@ -259,6 +269,9 @@ def measure_live_teacher(cfg: BenchConfig, run_dir: Path, device) -> dict:
     teacher.to(device).eval().requires_grad_(False)
     spec = StudentSpec(cfg.arch, cfg.tiny, len(classes), teacher.spec.embed_dim)
     n_batches = len(train) // cfg.batch_size
+    if n_batches == 0:
+        raise config_io.ConfigError(f"bench: {len(train)} training utterances make no batch of {cfg.batch_size}; "
+                                    "pass more --speakers/--utterances or a smaller --batch-size")
 
     results = {}
     for name in ("cached", "live"):

@@ -297,7 +297,7 @@ def run(cfg: StudentConfig) -> Path:
     device = runs.resolve_device(cfg.device)
     job = distributed.setup(device)
     resume_from = start_distributed_run(out, cfg, job)
-    runs.seed_everything(cfg.seed)
+    runs.seed_everything(cfg.seed + job.rank)  # ranks draw different crops; DDP gives them rank 0's weights
 
     entries = read_manifest(prepared)
     classes = read_classes(prepared)
@@ -344,6 +344,7 @@ def run(cfg: StudentConfig) -> Path:
         seen = max(sums["seen"], 1.0)
         row = {"epoch": epoch, **{name: sums[name] / seen for name in ("loss", "cross_entropy", "distance")},
                "train_accuracy": sums["hits"] / seen}
+        distributed.sync_buffers(step, job)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
         row["val_accuracy"] = identification(model, spectrograms, val, class_index, device, job)["top1"]
         row["seconds"] = time.perf_counter() - epoch_started
         history.append(row)

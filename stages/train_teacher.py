@@ -179,7 +179,7 @@ def run(cfg: TeacherConfig) -> Path:
     device = runs.resolve_device(cfg.device)
     job = distributed.setup(device)
     resume_from = start_distributed_run(out, cfg, job)
-    runs.seed_everything(cfg.seed)
+    runs.seed_everything(cfg.seed + job.rank)  # ranks draw different frames; DDP gives them rank 0's weights
 
     entries = read_manifest(prepared)
     classes = read_classes(prepared)
@@ -246,6 +246,7 @@ def run(cfg: TeacherConfig) -> Path:
         # per frame (or window); the loss is the mean over every rank's batches
         row = {"epoch": epoch, "loss": sums["loss"] / max(sums["batches"], 1),
                "train_accuracy": sums["hits"] / max(sums["seen"], 1)}
+        distributed.sync_buffers(model, job)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
         row.update({f"val_{k}": v for k, v in evaluate_teacher(
             model, store, [e.key for e in val], [class_index[e.label] for e in val], device, job=job).items()})
         row["seconds"] = time.perf_counter() - epoch_started
