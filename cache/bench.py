@@ -38,12 +38,31 @@ class MemoryStore:
     def __init__(self, arrays: dict[str, np.ndarray], offsets: dict[str, np.ndarray], keys: list[str]):
         self.arrays, self.offsets, self.index = arrays, offsets, {key: i for i, key in enumerate(keys)}
 
+    @classmethod
+    def from_store(cls, path: Path, keys: list[str], fields: tuple[str, ...]) -> MemoryStore:
+        """`keys`' rows of ragged `fields` of a store on disk, loaded whole."""
+        store = open_store(path)
+        try:
+            rows = {field: [store.read(key, field) for key in keys] for field in fields}
+            attrs = store.attrs
+        finally:
+            store.close()
+        memory = cls({field: np.concatenate(parts) for field, parts in rows.items()},
+                     {field: np.concatenate([[0], np.cumsum([len(r) for r in parts])]) for field, parts in rows.items()},
+                     keys)
+        memory.attrs = attrs
+        return memory
+
     def read(self, key: str, field: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         i = self.index[key]
         if field not in self.offsets:
             return self.arrays[field][i]
         rows = self.arrays[field][self.offsets[field][i] : self.offsets[field][i + 1]]
         return rows[start:stop].copy()  # a store read returns a new array too
+
+    def length(self, key: str, field: str) -> int:
+        i = self.index[key]
+        return int(self.offsets[field][i + 1] - self.offsets[field][i])
 
 
 def synthesize(n_utterances: int, seed: int) -> tuple[list[str], np.ndarray, dict[str, list[np.ndarray]]]:

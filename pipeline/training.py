@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from pipeline import runs
 from pipeline.distributed import SINGLE_PROCESS, Distributed, broadcast, gather
@@ -57,16 +58,49 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def speed_settings(module: nn.Module, cfg: TrainingConfig, device: torch.device) -> nn.Module:
-    """channels-last weights (CUDA by default) and an optionally compiled forward; returns `module`.
+def autocast(dtype: torch.dtype | None, device: torch.device):
+    """The autocast context of `autocast_dtype`'s answer (None: a no-op context)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def speed_settings(module: nn.Module, device: torch.device, channels_last: bool | None = None,
+                   compile_forward: bool = False) -> nn.Module:
+    """channels-last weights (None: on CUDA only) and an optionally compiled forward; returns `module`.
 
     `nn.Module.compile` compiles in place, so state_dict keys stay those of the uncompiled model.
     """
-    if cfg.channels_last if cfg.channels_last is not None else device.type == "cuda":
+    if channels_last if channels_last is not None else device.type == "cuda":
         module.to(memory_format=torch.channels_last)
-    if cfg.compile:
+    if compile_forward:
         module.compile()
     return module
+
+
+def train_epoch(step: nn.Module, loader, optimiser, scheduler, device: torch.device, dtype: torch.dtype | None,
+                max_steps: int = 0, progress: str | None = None) -> dict[str, float]:
+    """One pass over `loader`, whose batches are (inputs, labels, *more) and whose `step(inputs, labels, *more)`
+    returns `pipeline.distill.Losses`. Returns this rank's sums: loss, cross_entropy and distance weighted by
+    items, hits and items seen (the callers reduce them over ranks)."""
+    sums = {"loss": 0.0, "cross_entropy": 0.0, "distance": 0.0, "hits": 0.0, "seen": 0.0}
+    step.train()
+    batches = tqdm(loader, desc=progress, unit="batch", leave=False, disable=progress is None)
+    for index, batch in enumerate(batches):
+        if max_steps and index >= max_steps:
+            break
+        inputs, labels, *more = (tensor.to(device, non_blocking=True) for tensor in batch)
+        with autocast(dtype, device):
+            losses = step(inputs, labels, *more)
+        optimiser.zero_grad(set_to_none=True)
+        losses.total.backward()
+        optimiser.step()
+        scheduler.step()
+        n = len(labels)
+        sums["loss"] += losses.total.item() * n
+        sums["cross_entropy"] += losses.cross_entropy.item() * n
+        sums["distance"] += losses.distance.item() * n
+        sums["hits"] += int((losses.logits.argmax(1) == labels).sum())
+        sums["seen"] += n
+    return sums
 
 
 def adam_with_cyclic_lr(

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cache.bench import MemoryStore
 from cache.schema import cache_fields, spectrogram_fields
 from cache.store import array_stats, create_store, open_store
 from pipeline import config as config_io
@@ -51,6 +52,7 @@ from pipeline.features import (
 from pipeline.manifest import Entry, read_classes, read_manifest, write_manifest
 from pipeline.models.students import STUDENTS, StudentSpec, build_student
 from pipeline.runs import find_store
+from pipeline.training import autocast, autocast_dtype, speed_settings
 
 
 @dataclass(frozen=True)
@@ -87,23 +89,6 @@ class BenchConfig:
         if any(size < 16 + self.batch_size for size in self.rss_utterances):  # 16 are val and test
             raise config_io.ConfigError(f"bench: every rss_utterances size must be >= 16 + batch_size "
                                         f"= {16 + self.batch_size}, got {list(self.rss_utterances)}")
-
-
-class MemoryStore:
-    """Every field of a store's keys held in memory, read through the store's `read`/`length` (no disk)."""
-
-    def __init__(self, path: Path, keys: list[str], fields: tuple[str, ...]):
-        store = open_store(path)
-        self.rows = {(key, field): store.read(key, field) for key in keys for field in fields}
-        self.attrs = store.attrs
-        store.close()
-
-    def read(self, key: str, field: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        rows = self.rows[(key, field)]
-        return rows.copy() if start is None and stop is None else rows[start:stop].copy()
-
-    def length(self, key: str, field: str) -> int:
-        return len(self.rows[(key, field)])
 
 
 class _LiveCrops(torch.utils.data.Dataset):
@@ -154,23 +139,16 @@ def _live_targets(teacher, faces: list[torch.Tensor], device) -> torch.Tensor:
 
 def _student_step(spec: StudentSpec, device):
     """Stage 3's training step with stage 3's default speed settings on `device` (CUDA: channels-last, bf16)."""
-    from types import SimpleNamespace
-
-    from pipeline.training import speed_settings
     from stages.train_student import StudentStep
 
     student = build_student(spec).to(device)
     step = StudentStep(student, build_method("proposed", "non-sequential", "mse", 1.0, spec.embed_dim), 0.4).to(device)
-    step = speed_settings(step, SimpleNamespace(channels_last=None, compile=False), device)
-    return step, torch.optim.Adam(step.parameters(), lr=1e-3)
+    return speed_settings(step, device), torch.optim.Adam(step.parameters(), lr=1e-3)
 
 
 def _train_step(step, optimiser, spectrogram, labels, target, device) -> None:
-    from pipeline.training import autocast_dtype
-
     spectrogram, labels = spectrogram.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-    dtype = autocast_dtype("auto", device)
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with autocast(autocast_dtype("auto", device), device):
         losses = step(spectrogram, labels, target.to(device, non_blocking=True))
     optimiser.zero_grad(set_to_none=True)
     losses.total.backward()
@@ -208,10 +186,10 @@ def measure_input_pipeline(cfg: BenchConfig, run_dir: Path, device) -> dict:
     keys = [e.key for e in train]
     sources = {
         "store": (spectrogram_path, cache_path),
-        "memory": (MemoryStore(spectrogram_path, keys, ("spectrogram",)),
-                   MemoryStore(cache_path, keys, ("frame_prob", "frames"))),
+        "memory": (MemoryStore.from_store(spectrogram_path, keys, ("spectrogram",)),
+                   MemoryStore.from_store(cache_path, keys, ("frame_prob", "frames"))),
     }
-    embed_dim = int(open_store(cache_path).attrs["embed_dim"])
+    embed_dim = int(sources["memory"][1].attrs["embed_dim"])
     step, optimiser = _student_step(StudentSpec(cfg.arch, cfg.tiny, len(classes), embed_dim), device)
     initial = copy.deepcopy((step.state_dict(), optimiser.state_dict()))
     warmup = 2
@@ -313,9 +291,11 @@ def measure_live_teacher(cfg: BenchConfig, run_dir: Path, device) -> dict:
 def bytes_per_hour(run_dir: Path) -> dict:
     """MB on disk per hour of video, per stored kind, on the corpus's real features."""
     prepared = runs.prepare_dir(run_dir)
-    hours = sum(e.seconds for e in read_manifest(prepared)) / 3600
+    entries = read_manifest(prepared)
     cache_path = find_store(runs.embeddings_dir(run_dir), "voxceleb")
-    exported_hours = sum(e.seconds for e in read_manifest(prepared) if e.key in open_store(cache_path)) / 3600
+    with open_store(cache_path) as cache:  # it holds the exported splits only
+        exported_hours = sum(e.seconds for e in entries if e.key in cache) / 3600
+    hours = sum(e.seconds for e in entries) / 3600
     result = {}
     for label, path, stored_hours in (("spectrograms", find_store(prepared, "spectrograms"), hours),
                                       ("face_crops", find_store(prepared, "faces"), hours),
@@ -372,14 +352,15 @@ def write_synthetic_run(run_dir: Path, n_utterances: int, crop_seconds: int, see
     return sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
 
 
-RSS_CHILD = """
+# Stage 3 with the settings in argv[1] (JSON; null: only import it), then its own peak RSS
+STAGE3_CHILD = """
 import json, sys
-from pathlib import Path
 from pipeline import config
-from stages import train_student
-train_student.run(config.build(train_student.StudentConfig, json.loads(sys.argv[1])))
-status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-print("HWM_KB " + status["VmHWM"].split()[0])
+from stages import bench, train_student
+settings = json.loads(sys.argv[1])
+if settings is not None:
+    train_student.run(config.build(train_student.StudentConfig, settings))
+print("HWM_KB", bench.status_kb("self", "VmHWM"))
 """
 
 
@@ -400,48 +381,45 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def _rss_kb(pid: int) -> int:
+def status_kb(pid: int | str, field: str) -> int:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM); 0 once the process has gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
 
 
-BASELINE_CHILD = """
-from pathlib import Path
-import stages.train_student
-status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-print("HWM_KB " + status["VmHWM"].split()[0])
-"""
+def _stage3_peaks(settings: dict | None, what: str) -> tuple[int, int]:
+    """Run STAGE3_CHILD; (its own VmHWM, the peak of its process tree's summed VmRSS sampled every 20 ms), kB."""
+    child = subprocess.Popen([sys.executable, "-c", STAGE3_CHILD, json.dumps(settings)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    tree_peak = 0
+    while child.poll() is None:
+        tree_peak = max(tree_peak, sum(status_kb(pid, "VmRSS") for pid in process_tree(child.pid)))
+        time.sleep(0.02)
+    stdout, stderr = child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"bench: stage 3 on {what} failed:\n{stderr[-3000:]}")
+    return int(next(line for line in stdout.splitlines() if line.startswith("HWM_KB ")).split()[1]), tree_peak
 
 
 def measure_peak_rss(cfg: BenchConfig, work: Path) -> dict:
     """Stage 3 in a fresh process on synthetic runs of each size: the main process's peak RSS (VmHWM) and the
     peak of the summed RSS of it and its DataLoader workers (sampled every 20 ms; shared pages count twice).
     The baseline is a process that only imports stage 3 (torch and its libraries)."""
-    baseline = subprocess.run([sys.executable, "-c", BASELINE_CHILD], capture_output=True, text=True, check=True)
-    baseline_kb = int(next(line for line in baseline.stdout.splitlines() if line.startswith("HWM_KB "))[7:])
+    baseline_kb, _ = _stage3_peaks(None, "an import-only run")
     rows = []
     for size in cfg.rss_utterances:
         run_dir = work / f"rss-{size}"
         shutil.rmtree(run_dir, ignore_errors=True)  # the bench's own scratch run, rebuilt every time
         disk = write_synthetic_run(run_dir, size, cfg.crop_seconds, cfg.seed)
-        settings = {"run_dir": str(run_dir), "arch": cfg.arch, "tiny": cfg.tiny, "lam": 0.4, "epochs": 1,
-                    "batch_size": cfg.batch_size, "crop_seconds": cfg.crop_seconds, "num_workers": cfg.num_workers,
-                    "max_steps_per_epoch": cfg.rss_steps, "device": cfg.device, "name": "rss"}
-        child = subprocess.Popen([sys.executable, "-c", RSS_CHILD, json.dumps(settings)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        tree_peak = 0
-        while child.poll() is None:
-            tree_peak = max(tree_peak, sum(_rss_kb(pid) for pid in process_tree(child.pid)))
-            time.sleep(0.02)
-        stdout, stderr = child.communicate()
-        if child.returncode != 0:
-            raise RuntimeError(f"bench: stage 3 on {run_dir} failed:\n{stderr[-3000:]}")
-        hwm_kb = int(next(line for line in stdout.splitlines() if line.startswith("HWM_KB "))[7:])
+        hwm_kb, tree_peak = _stage3_peaks({
+            "run_dir": str(run_dir), "arch": cfg.arch, "tiny": cfg.tiny, "lam": 0.4, "epochs": 1,
+            "batch_size": cfg.batch_size, "crop_seconds": cfg.crop_seconds, "num_workers": cfg.num_workers,
+            "max_steps_per_epoch": cfg.rss_steps, "device": cfg.device, "name": "rss"}, str(run_dir))
         rows.append({"utterances": size, "train_utterances": size - 16, "stores_mb_on_disk": round(disk / 2**20, 1),
                      "peak_rss_main_mb": round(hwm_kb / 1024, 1),
                      "peak_rss_with_workers_mb": round(tree_peak / 1024, 1)})

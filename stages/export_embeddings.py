@@ -41,6 +41,7 @@ from pipeline.features import (
 from pipeline.manifest import Entry, manifest_hash, read_manifest
 from pipeline.models.teachers import TeacherSpec, build_teacher
 from pipeline.runs import STORE_SUFFIX, find_store
+from pipeline.training import autocast, autocast_dtype
 
 CACHE_FORMAT_VERSION = 1
 
@@ -288,13 +289,13 @@ def run(cfg: ExportConfig) -> Path:
     )
     teacher_seconds, reading_seconds, frames_done, exported, recomputed = 0.0, 0.0, 0, 0, 0
     started = last = time.perf_counter()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast_to = autocast_dtype("auto", device)  # bf16 on CUDA, float32 on the CPU
     with tqdm(total=n_keys, initial=writer.committed, desc="export", unit="utt") as progress:
         for keys, lengths, frames in loader:
             tick = time.perf_counter()
             reading_seconds += tick - last  # waiting for face frames from the store (the loader's workers)
             embeddings, probabilities = [], []
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), autocast(autocast_to, device):
                 for start in range(0, len(frames), cfg.batch_frames):
                     embedding, logits = teacher(frames[start : start + cfg.batch_frames].to(device, non_blocking=True))
                     embeddings.append(embedding.float().cpu())
@@ -308,7 +309,7 @@ def run(cfg: ExportConfig) -> Path:
                     continue
                 targets = utterance_targets(embeddings[stop - length : stop], probabilities[stop - length : stop])
                 if spec.sequential:
-                    with torch.inference_mode(), autocast:
+                    with torch.inference_mode(), autocast(autocast_to, device):
                         targets.update(window_targets(teacher, targets["segments"],
                                                       window_segments(length, window_seconds), device))
                 writer.write(key, targets)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.manifest import read_manifest
-from pipeline.training import FINISHED_MARKER, LAST_CHECKPOINT
+from pipeline.training import FINISHED_MARKER, INCIDENTAL_SETTINGS, LAST_CHECKPOINT
 from stages import train_student
 
 BASELINE = "none"  # the method label of the shared λ = 0 cells
@@ -32,7 +32,7 @@ DEFAULT_LEVEL = "non-sequential"  # named in cell ids and report tables only whe
 SWEEP_KEYS = ("lam", "method", "level", "arch", "seed", "name", "run_dir", "dataset", "tiny", "epochs", "batch_size",
               "crop_seconds", "num_workers", "device", "resume", "overwrite")
 # Settings that do not change what a run computes: a finished cell (or prepared store) is reused whatever they were.
-INCIDENTAL_KEYS = {"resume", "overwrite", "num_workers", "device", "compile", "channels_last", "commit_seconds"}
+INCIDENTAL_KEYS = INCIDENTAL_SETTINGS | {"commit_seconds"}
 # (metrics.json section, key, label, higher is better)
 METRICS = (
     ("identification", "top1", "top-1 accuracy", True),

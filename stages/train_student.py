@@ -46,6 +46,7 @@ from pipeline.training import (
     save_training_state,
     speed_settings,
     start_distributed_run,
+    train_epoch,
 )
 
 TARGETS = ("crop-peak", "utterance-peak")
@@ -257,34 +258,9 @@ class StudentStep(nn.Module):
         super().__init__()
         self.student, self.method, self.lam = student, method, lam
 
-    def forward(self, spectrogram: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None):
-        return self.method(self.student, spectrogram, labels, target, self.lam)
-
-
-def train_epoch(step: nn.Module, loader, optimiser, scheduler, device: torch.device, autocast: torch.dtype | None,
-                max_steps: int = 0, progress: str | None = None) -> dict[str, float]:
-    """One pass over `loader`; returns this rank's sums (loss, cross_entropy, distance, hits, seen)."""
-    sums = {"loss": 0.0, "cross_entropy": 0.0, "distance": 0.0, "hits": 0.0, "seen": 0.0}
-    step.train()
-    batches = tqdm(loader, desc=progress, unit="batch", leave=False, disable=progress is None)
-    for index, (spectrogram, labels, target) in enumerate(batches):
-        if max_steps and index >= max_steps:
-            break
-        spectrogram, labels = spectrogram.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        target = target.to(device, non_blocking=True) if target.shape[-1] else None
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            losses = step(spectrogram, labels, target)
-        optimiser.zero_grad(set_to_none=True)
-        losses.total.backward()
-        optimiser.step()
-        scheduler.step()
-        n = len(labels)
-        sums["loss"] += losses.total.item() * n
-        sums["cross_entropy"] += losses.cross_entropy.item() * n
-        sums["distance"] += losses.distance.item() * n
-        sums["hits"] += int((losses.logits.argmax(1) == labels).sum())
-        sums["seen"] += n
-    return sums
+    def forward(self, spectrogram: torch.Tensor, labels: torch.Tensor, target: torch.Tensor):
+        # a run without a cache (λ = 0) batches empty targets: (B, 0)
+        return self.method(self.student, spectrogram, labels, target if target.shape[-1] else None, self.lam)
 
 
 def run(cfg: StudentConfig) -> Path:
@@ -318,7 +294,7 @@ def run(cfg: StudentConfig) -> Path:
     spec = StudentSpec(cfg.arch, cfg.tiny, len(classes), embed_dim, cfg.sequential)
     model = build_student(spec).to(device)
     method = build_method(cfg.method, cfg.level, cfg.distance, cfg.temperature, embed_dim).to(device)
-    step = speed_settings(StudentStep(model, method, cfg.lam), cfg, device)
+    step = speed_settings(StudentStep(model, method, cfg.lam), device, cfg.channels_last, cfg.compile)
     # multitask's decoder gets no gradient at λ = 0: DDP must then look for unused parameters
     trained_step = distributed.wrap(step, job, device, find_unused=any(True for _ in method.parameters()))
     dataset = _Crops(train, [class_index[e.label] for e in train], spectrogram_path, cache_path, cfg.crop_seconds,

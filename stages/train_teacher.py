@@ -21,6 +21,7 @@ from tqdm import tqdm
 from cache.store import open_store
 from pipeline import config as config_io
 from pipeline import distributed, runs
+from pipeline.distill import Losses
 from pipeline.distributed import SINGLE_PROCESS, Distributed
 from pipeline.features import (
     SEGMENT_VIDEO_FRAMES,
@@ -47,6 +48,7 @@ from pipeline.training import (
     save_training_state,
     speed_settings,
     start_distributed_run,
+    train_epoch,
 )
 
 
@@ -166,9 +168,10 @@ class TeacherStep(nn.Module):
         super().__init__()
         self.teacher, self.sequential = teacher, sequential
 
-    def forward(self, frames: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, frames: torch.Tensor, labels: torch.Tensor) -> Losses:
         _, logits = self.teacher.forward_window(frames) if self.sequential else self.teacher(frames)
-        return F.cross_entropy(logits, labels), logits
+        loss = F.cross_entropy(logits, labels)
+        return Losses(loss, loss, loss.new_zeros(()), logits)
 
 
 def run(cfg: TeacherConfig) -> Path:
@@ -205,7 +208,7 @@ def run(cfg: TeacherConfig) -> Path:
         dataset = _RandomWindows(store_path, train_keys, train_labels, cfg.window_seconds, cfg.frames_per_segment)
     else:
         dataset = _RandomFrames(store_path, train_keys, train_labels, cfg.frames_per_utterance)
-    step = speed_settings(TeacherStep(model, cfg.sequential), cfg, device)
+    step = speed_settings(TeacherStep(model, cfg.sequential), device, cfg.channels_last, cfg.compile)
     trained_step = distributed.wrap(step, job, device)
     loader, loader_generator = build_loader(dataset, cfg, job, device, cfg.seed,
                                             collate=_collate_windows if cfg.sequential else _collate)
@@ -224,27 +227,11 @@ def run(cfg: TeacherConfig) -> Path:
         epoch_started = time.perf_counter()
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        trained_step.train()
-        sums = {"loss": 0.0, "batches": 0.0, "hits": 0.0, "seen": 0.0}
-        batches = tqdm(loader, desc=f"teacher epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-                       disable=not job.is_main)
-        for index, (frames, labels) in enumerate(batches):
-            if cfg.max_steps_per_epoch and index >= cfg.max_steps_per_epoch:
-                break
-            frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                loss, logits = trained_step(frames, labels)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            sums["loss"] += loss.item()
-            sums["batches"] += 1
-            sums["hits"] += int((logits.argmax(1) == labels).sum())
-            sums["seen"] += len(labels)
+        sums = train_epoch(trained_step, loader, optimiser, scheduler, device, autocast, cfg.max_steps_per_epoch,
+                           f"teacher epoch {epoch}/{cfg.epochs}" if job.is_main else None)
         sums = distributed.sum_over_ranks(job, sums)
-        # per frame (or window); the loss is the mean over every rank's batches
-        row = {"epoch": epoch, "loss": sums["loss"] / max(sums["batches"], 1),
+        # per frame (or window), over every rank's batches
+        row = {"epoch": epoch, "loss": sums["loss"] / max(sums["seen"], 1),
                "train_accuracy": sums["hits"] / max(sums["seen"], 1)}
         distributed.sync_buffers(model, job)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
         row.update({f"val_{k}": v for k, v in evaluate_teacher(
