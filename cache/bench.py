@@ -1,30 +1,30 @@
-"""Benchmark: random-access training reads from each backend against the same data in memory, and bytes
-on disk per hour of video for each target kind.
-
-    python -m cache.bench [--utterances N] [--batches B] [--dir DIR]
+"""Benchmark: random-access training reads from each on-disk backend against the same stores in memory, and
+bytes on disk per hour of video for each target kind (`avl bench-store`).
 
 Builds a synthetic spectrogram store and teacher cache of N utterances (3-8 s; 257-bin float16
 spectrogram rows at 100/s, 512-d float16 frame embeddings at 25/s; the stage 0 and stage 2 schemas)
 with each backend, then times batches of 32 stage-3 reads: a random 5 s crop on the 1 s grid of
 the spectrogram, the crop's frame_prob to find its peak frame, and that one frame's embedding.
-Prints one JSON object. The data are random, which compresses worse than real features, so the
-byte counts are an upper bound; the stores were just written, so reads come from a warm page cache.
+The in-memory backend is the baseline: the same reader over arrays in memory, so the ratio is what
+reading from disk costs. Prints one JSON object. The data are random, which compresses worse than
+real features, so the byte counts are an upper bound; the stores were just written, so reads come
+from a warm page cache.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cache.inspect import disk_usage
 from cache.schema import cache_fields, spectrogram_fields
-from cache.store import BACKENDS, SUFFIXES, array_stats, create_store, open_store
+from cache.store import DISK_BACKENDS, SUFFIXES, array_stats, create_store, delete_store, open_store
 
 VIDEO_FPS, SPEC_PER_VIDEO_FRAME, SEGMENT_FRAMES = 25, 4, 25
 N_FREQ, EMBED_DIM, NUM_CLASSES = 257, 512, 1251  # VoxCeleb1 identification has 1,251 speakers
@@ -32,37 +32,15 @@ BATCH, CROP_SECONDS = 32, 5
 TARGET_KINDS = {"spectrogram": "spectrograms", "frames": "cache", "segments": "cache", "peak": "cache", "soft": "cache"}
 
 
-class MemoryStore:
-    """The same ragged arrays held in memory, read through the store's `read`."""
+@dataclass(frozen=True)
+class StoreBenchConfig:
+    """Settings of the storage benchmark."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], offsets: dict[str, np.ndarray], keys: list[str]):
-        self.arrays, self.offsets, self.index = arrays, offsets, {key: i for i, key in enumerate(keys)}
-
-    @classmethod
-    def from_store(cls, path: Path, keys: list[str], fields: tuple[str, ...]) -> MemoryStore:
-        """`keys`' rows of ragged `fields` of a store on disk, loaded whole."""
-        store = open_store(path)
-        try:
-            rows = {field: [store.read(key, field) for key in keys] for field in fields}
-            attrs = store.attrs
-        finally:
-            store.close()
-        memory = cls({field: np.concatenate(parts) for field, parts in rows.items()},
-                     {field: np.concatenate([[0], np.cumsum([len(r) for r in parts])]) for field, parts in rows.items()},
-                     keys)
-        memory.attrs = attrs
-        return memory
-
-    def read(self, key: str, field: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        i = self.index[key]
-        if field not in self.offsets:
-            return self.arrays[field][i]
-        rows = self.arrays[field][self.offsets[field][i] : self.offsets[field][i + 1]]
-        return rows[start:stop].copy()  # a store read returns a new array too
-
-    def length(self, key: str, field: str) -> int:
-        i = self.index[key]
-        return int(self.offsets[field][i + 1] - self.offsets[field][i])
+    utterances: int = field(default=400, metadata={"help": "Utterances in the synthetic stores."})
+    batches: int = field(default=50, metadata={"help": "Batches of 32 timed per store."})
+    dir: Path | None = field(default=None, metadata={
+        "help": "Where to build the stores (default: a temporary directory)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the synthetic data and of the batches drawn."})
 
 
 def synthesize(n_utterances: int, seed: int) -> tuple[list[str], np.ndarray, dict[str, list[np.ndarray]]]:
@@ -108,18 +86,6 @@ def write_stores(directory: Path, backend: str, keys: list[str], fields: dict[st
     return paths
 
 
-def in_memory(keys: list[str], fields: dict[str, list[np.ndarray]]) -> MemoryStore:
-    arrays, offsets = {}, {}
-    ragged = {spec.name for spec in [*spectrogram_fields(N_FREQ), *_cache_fields()] if spec.ragged}
-    for name, rows in fields.items():
-        if name in ragged:
-            arrays[name] = np.concatenate(rows)
-            offsets[name] = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
-        else:
-            arrays[name] = np.stack(rows)
-    return MemoryStore(arrays, offsets, keys)
-
-
 def read_batch(spectrograms, cache, keys: list[str], n_frames: dict[str, int], rng: np.random.Generator) -> list:
     """Stage 3's reads for one batch: 5 s crops on the 1 s grid (repeat-padded) and their peak-frame targets."""
     items = []
@@ -146,19 +112,24 @@ def batches_per_second(spectrograms, cache, keys, n_frames, n_batches: int, seed
     return n_batches / (time.perf_counter() - started)
 
 
-def run(n_utterances: int, n_batches: int, directory: Path, seed: int = 0) -> dict:
+def measure(n_utterances: int, n_batches: int, directory: Path, seed: int = 0) -> dict:
     """Build the stores in `directory`, time the reads, and measure the bytes on disk."""
     keys, n_frames, fields = synthesize(n_utterances, seed)
     frames_of = dict(zip(keys, n_frames.tolist()))
     hours = n_frames.sum() / VIDEO_FPS / 3600
-    memory = in_memory(keys, fields)
-    memory_rate = batches_per_second(memory, memory, keys, frames_of, n_batches, seed + 1)
+    memory = write_stores(directory / "memory", "memory", keys, fields)
+    try:
+        memory_rate = batches_per_second(open_store(memory["spectrograms"]), open_store(memory["cache"]), keys,
+                                         frames_of, n_batches, seed + 1)
+    finally:
+        for path in memory.values():
+            delete_store(path)
     result = {
         "utterances": n_utterances, "hours_of_video": round(float(hours), 3), "batch": BATCH,
         "crop_seconds": CROP_SECONDS, "batches_timed": n_batches,
         "memory_batches_per_second": round(memory_rate, 1), "backends": {},
     }
-    for backend in BACKENDS:
+    for backend in DISK_BACKENDS:
         paths = write_stores(directory / backend, backend, keys, fields)
         spectrograms, cache = open_store(paths["spectrograms"]), open_store(paths["cache"])
         rate = batches_per_second(spectrograms, cache, keys, frames_of, n_batches, seed + 1)
@@ -179,19 +150,12 @@ def run(n_utterances: int, n_batches: int, directory: Path, seed: int = 0) -> di
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--utterances", type=int, default=400, help="Utterances in the synthetic stores.")
-    parser.add_argument("--batches", type=int, default=50, help="Batches of 32 timed per store.")
-    parser.add_argument("--dir", type=Path, default=None, help="Where to build the stores [default: a temporary directory].")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.dir is not None:
-        print(json.dumps(run(args.utterances, args.batches, args.dir, args.seed), indent=2))
-        return
-    with tempfile.TemporaryDirectory(prefix="avl-bench-") as directory:
-        print(json.dumps(run(args.utterances, args.batches, Path(directory), args.seed), indent=2))
-
-
-if __name__ == "__main__":
-    main()
+def run(cfg: StoreBenchConfig) -> dict:
+    """Measure in `cfg.dir` (or a temporary directory), print the result as JSON and return it."""
+    if cfg.dir is not None:
+        result = measure(cfg.utterances, cfg.batches, cfg.dir, cfg.seed)
+    else:
+        with tempfile.TemporaryDirectory(prefix="avl-bench-") as directory:
+            result = measure(cfg.utterances, cfg.batches, Path(directory), cfg.seed)
+    print(json.dumps(result, indent=2))
+    return result

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cache.base import StoreError, not_complete_message
 from cache.parts import PartedReader
-from cache.store import (
-    RaggedReader,
-    StoreError,
-    array_stats,
-    not_complete_message,
-    open_store,
-)
+from cache.ragged import RaggedReader
+from cache.schema import TeacherCacheSpec, coverage_problems
+from cache.store import array_stats, open_store
 from cache.zarr_store import partial_files
 
 # a float field is scanned for NaN/Inf in blocks of about this size, never read whole
@@ -134,56 +132,12 @@ def _structure_problems(part: RaggedReader) -> list[str]:
     return problems
 
 
-def _manifest_problems(reader: RaggedReader | PartedReader, manifest: Path) -> list[str]:
-    from pipeline.manifest import MANIFEST, manifest_hash, read_manifest
-
-    directory = manifest.parent if manifest.name == MANIFEST else manifest
-    try:
-        entries = read_manifest(directory)
-    except FileNotFoundError as error:
-        return [str(error)]
-    problems = []
-    # a teacher cache records the splits it exported (test is left out); other stores hold every key
-    splits = reader.attrs.get("splits")
-    covered = [entry for entry in entries if splits is None or entry.split in splits]
-    missing = [entry.key for entry in covered if entry.key not in reader]
-    if missing:
-        what = "manifest keys" if splits is None else f"manifest keys of splits {splits}"
-        problems.append(f"{len(missing)} of {len(covered)} {what} are missing from the store, e.g. {missing[:3]}")
-    if splits is not None:
-        extra = [entry for entry in entries if entry.split not in splits and entry.key in reader]
-        if extra:
-            found = sorted({entry.split for entry in extra})
-            problems.append(f"the store holds {len(extra)} keys of splits {found} it was not to export (splits "
-                            f"{splits}), e.g. {[entry.key for entry in extra[:3]]}")
-    recorded, actual = reader.attrs.get("manifest_sha256"), manifest_hash(directory)
-    if recorded is None:
-        problems.append("the store records no manifest_sha256, so it cannot be matched to a manifest")
-    elif recorded != actual:
-        problems.append(f"the store was made for manifest {recorded[:12]}, {directory / MANIFEST} is {actual[:12]}")
-    return problems
-
-
-def _teacher_problems(reader: RaggedReader | PartedReader, teacher: Path) -> list[str]:
-    from pipeline.runs import file_sha256
-
-    if not teacher.is_file():
-        return [f"{teacher}: no such teacher checkpoint"]
-    recorded, actual = reader.attrs.get("teacher_fingerprint"), file_sha256(teacher)
-    if recorded is None:
-        return ["the store records no teacher_fingerprint"]
-    if recorded != actual:
-        return [f"the store was made by teacher {recorded[:12]}, {teacher} is {actual[:12]}"]
-    return []
-
-
 def verify_store(
-    path: str | os.PathLike, manifest: str | os.PathLike | None = None, teacher: str | os.PathLike | None = None
+    path: str | os.PathLike, manifest: Mapping[str, str] | None = None, expected: TeacherCacheSpec | None = None
 ) -> list[str]:
-    """Every problem found (an empty list: the store is sound): completeness, unique keys, offsets, row
-    counts, NaN/Inf, coverage of a manifest (a prepare directory or its manifest.tsv; of the splits a teacher
-    cache records as exported, and none of the others) and its hash, and the fingerprint of a teacher
-    checkpoint."""
+    """Every problem found (an empty list: the store is sound): completeness, unique keys, offsets, row counts,
+    NaN/Inf, coverage of a manifest (key → split; of the splits a teacher cache records as exported, and none
+    of the others), and the attributes `expected` sets (a manifest hash, a teacher fingerprint)."""
     try:
         reader = open_store(path, require_complete=False)
     except StoreError as error:
@@ -200,9 +154,9 @@ def verify_store(
         except StoreError as error:
             problems.append(str(error))
     if manifest is not None:
-        problems += _manifest_problems(reader, Path(manifest))
-    if teacher is not None:
-        problems += _teacher_problems(reader, Path(teacher))
+        problems += coverage_problems(reader, manifest)
+    if expected is not None:
+        problems += expected.problems(reader)
     reader.close()
     return problems
 

@@ -11,38 +11,16 @@ parts must agree on fields and attributes, and the store is complete only when e
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cache.store import (
-    SUFFIXES,
-    FieldSpec,
-    RaggedReader,
-    StoreError,
-    not_complete_message,
-)
+from cache.backends import is_parts_directory, part_path, part_paths
+from cache.base import FieldSpec, StoreError, not_complete_message
+from cache.ragged import RaggedReader
 
-PART_NAME = re.compile(r"part-(\d{5})(" + "|".join(re.escape(s) for s in SUFFIXES.values()) + r")")
-
-
-def part_path(directory: str | os.PathLike, index: int, backend: str) -> Path:
-    """Where part `index` of a sharded store lives."""
-    return Path(directory) / f"part-{index:05d}{SUFFIXES[backend]}"
-
-
-def part_paths(directory: Path) -> list[Path]:
-    """The part stores in `directory`, by part index."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if PART_NAME.fullmatch(p.name))
-
-
-def is_parts_directory(path: Path) -> bool:
-    """True for a directory holding store parts (and not itself a zarr store)."""
-    return path.is_dir() and not (path / "zarr.json").exists() and bool(part_paths(path))
+__all__ = ["PartedReader", "is_parts_directory", "part_path", "part_paths"]
 
 
 class PartedReader:

@@ -11,10 +11,12 @@ from typing import Any, TypeVar
 import tomli_w
 import tomllib
 
+from pipeline.errors import MissingInputError, UserError
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config key is unknown or has the wrong type; the message names the key."""
 
 
@@ -79,14 +81,57 @@ def build(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
     return instance
 
 
-def load(cls: type[C], toml_path: Path | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """Defaults, then a TOML file (flat table, or the table named after the stage), then CLI overrides."""
+def load(cls: type[C], toml_path: Path | None = None, overrides: dict[str, Any] | None = None,
+         table: str | None = None) -> C:
+    """Defaults, then a TOML file, then CLI overrides (None: not given).
+
+    The file holds the settings flat, or in a table named `table`: the command as typed after `avl` or
+    `avl stage` (`[train-student]`, `[sweep]`), so one file can be read by the command it names. Keys may
+    be split between the two; any other table, or a key given both flat and in the table, is an error."""
     values: dict[str, Any] = {}
     if toml_path is not None:
-        with open(toml_path, "rb") as handle:
-            values.update(tomllib.load(handle))
+        values = _file_values(Path(toml_path), table)
     values.update({key: value for key, value in (overrides or {}).items() if value is not None})
     return build(cls, values, source=str(toml_path) if toml_path else "config")
+
+
+def _file_values(path: Path, table: str | None) -> dict[str, Any]:
+    """A TOML file's settings for the command `table`: its flat keys merged with its `[table]`."""
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    section = document.pop(table, {}) if table is not None else {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: {table!r} must be a [{table}] table, got {type(section).__name__} {section!r}")
+    others = sorted(key for key, value in document.items() if isinstance(value, dict))
+    if others:
+        expected = f"only a [{table}] table" if table else "no tables"
+        raise ConfigError(f"{path}: table(s) {others} in a config for {table or 'this command'}; expected {expected} "
+                          "and flat keys")
+    both = sorted(set(section) & set(document))
+    if both:
+        raise ConfigError(f"{path}: key(s) {both} given both flat and in the [{table}] table")
+    return {**document, **section}
+
+
+def parse_options(options: tuple[str, ...], what: str = "option") -> dict[str, Any]:
+    """'key=value' strings → {key: value}; a value is read as TOML (2e-3, true, 'text'), else as plain text.
+    `what` names the options in errors."""
+    parsed = {}
+    for option in options:
+        key, equals, raw = option.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not equals or not key:
+            raise ConfigError(f"{what} {option!r} is not key=value")
+        try:
+            parsed[key] = tomllib.loads(f"value = {raw}")["value"]
+        except tomllib.TOMLDecodeError:
+            parsed[key] = raw
+    return parsed
 
 
 def to_dict(config: Any) -> dict[str, Any]:

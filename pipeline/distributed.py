@@ -9,10 +9,15 @@ utterances per step.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from pipeline.config import ConfigError
+
+DISTRIBUTED_STAGES = ("train-teacher", "export-embeddings", "train-student")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,23 @@ class Distributed:
 
 
 SINGLE_PROCESS = Distributed()
+
+
+def torchrun_command(argv: list[str]) -> list[str] | None:
+    """`avl stage S … --nproc-per-node N` → the torchrun command that runs `avl stage S …` in N processes."""
+    for index, arg in enumerate(argv):
+        if arg == "--nproc-per-node" or arg.startswith("--nproc-per-node="):
+            value = arg.partition("=")[2] if "=" in arg else (argv[index + 1] if index + 1 < len(argv) else "")
+            rest = argv[:index] + argv[index + (1 if "=" in arg else 2):]
+            break
+    else:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"--nproc-per-node takes a positive process count, got {value!r}")
+    if not (len(rest) >= 2 and rest[0] == "stage" and rest[1] in DISTRIBUTED_STAGES):
+        raise ConfigError(f"--nproc-per-node applies to `avl stage` {', '.join(DISTRIBUTED_STAGES)}")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={value}",
+            "-m", "pipeline.cli", *rest]
 
 
 def launched_by_torchrun() -> bool:

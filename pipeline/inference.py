@@ -1,14 +1,14 @@
 """Audio-only inference with a saved student: load it, embed/classify any audio or video file, score trials.
 
-Needs only the student checkpoint (weights, spec, class names, spectrogram parameters): no teacher,
-no video decoding, no run directory. Files are decoded by PyAV's audio path (`decode_audio`), so an
-mp4's audio track works as well as a wav.
+Needs only the student checkpoint (`pipeline.checkpoints.load_student`: weights, spec, class names,
+spectrogram parameters): no teacher, no video decoding, no run directory. Files are decoded by PyAV's
+audio path (`decode_audio`), so an mp4's audio track works as well as a wav.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,71 +16,11 @@ import torch
 from tqdm import tqdm
 
 from pipeline import metrics as metric_fns
+from pipeline.checkpoints import LoadedStudent
 from pipeline.datasets.base import DatasetError
-from pipeline.features import (
-    SEGMENT_SPEC_FRAMES,
-    LogSpectrogram,
-    SpectrogramParams,
-    repeat_pad,
-)
+from pipeline.evaluate import embed_spectrogram
+from pipeline.features import LogSpectrogram, SpectrogramParams
 from pipeline.media import decode_audio
-from pipeline.models.students import StudentSpec, build_student
-
-STUDENT_FILE = "student.pt"
-
-
-class CheckpointError(ValueError):
-    """A file is not a usable student checkpoint; the message names the file and what does not fit."""
-
-
-@dataclass
-class LoadedStudent:
-    """A student ready to run on audio, with what it was trained on."""
-
-    model: torch.nn.Module
-    class_names: list[str]
-    spectrogram_params: SpectrogramParams
-    device: torch.device
-    info: dict  # method, λ, teacher fingerprint, checkpoint path: what a report should name
-
-    @property
-    def embed_dim(self) -> int:
-        return self.model.spec.embed_dim
-
-
-def _known_fields(cls, values: dict) -> dict:
-    """The entries of `values` that are fields of dataclass `cls` (a newer checkpoint may record more)."""
-    names = {field.name for field in fields(cls)}
-    return {key: value for key, value in values.items() if key in names}
-
-
-def load_student(path: Path | str, device: str | torch.device = "cpu") -> LoadedStudent:
-    """Load a student checkpoint (the file, or the students/<name>/ directory holding student.pt)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / STUDENT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no student checkpoint (train one with `avl stage train-student`)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [key for key in ("spec", "class_names", "spectrogram", "state_dict") if key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{path}: not a student checkpoint (missing {missing})")
-    spec = StudentSpec(**checkpoint["spec"])
-    model = build_student(spec)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        # The checkpoint names its architecture; the layers behind that name are this code's.
-        first = str(error).splitlines()[0:2]
-        raise CheckpointError(
-            f"{path}: its weights do not fit this code's {spec.arch!r}{' (tiny)' if spec.tiny else ''} student; "
-            f"it was saved by a version with another architecture definition ({' '.join(first).strip()})") from None
-    device = torch.device(device)
-    model.to(device).eval()
-    info = {key: checkpoint.get(key) for key in ("method", "level", "lambda", "teacher_fingerprint")}
-    info.update(checkpoint=str(path), arch=spec.arch, tiny=spec.tiny)
-    params = SpectrogramParams(**_known_fields(SpectrogramParams, checkpoint["spectrogram"]))
-    return LoadedStudent(model, list(checkpoint["class_names"]), params, device, info)
 
 
 class AudioFrontEnd:
@@ -101,12 +41,9 @@ class AudioFrontEnd:
         return spectrogram.numpy().astype(np.float16).astype(np.float32)
 
 
-@torch.inference_mode()
 def run_student(student: LoadedStudent, spectrogram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(embedding (D,), logits (C,)) of one full-length utterance; under 1 s it is repeat-padded to 1 s."""
-    spectrogram = repeat_pad(spectrogram, SEGMENT_SPEC_FRAMES)  # as stage 3 evaluates
-    embedding, logits = student.model(torch.from_numpy(np.ascontiguousarray(spectrogram))[None].to(student.device))
-    return embedding[0].float().cpu().numpy(), logits[0].float().cpu().numpy()
+    """(embedding (D,), logits (C,)) of one full-length utterance, as stage 3 evaluates it."""
+    return embed_spectrogram(student.model, spectrogram, student.device)
 
 
 def run_files(student: LoadedStudent, paths: Iterable[Path | str]) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:

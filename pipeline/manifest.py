@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.datasets.base import Trial
+from pipeline.errors import MissingInputError
 
 MANIFEST = "manifest.tsv"
 CLASSES = "classes.txt"
@@ -43,13 +44,19 @@ def write_manifest(directory: Path, entries: list[Entry], classes: list[str], tr
 def read_manifest(directory: Path) -> list[Entry]:
     path = directory / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no manifest; run `avl stage prepare` first")
+        raise MissingInputError(f"{path}: no manifest; run `avl stage prepare` first")
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     return [
         Entry(row["key"], row["label"], row["split"], int(row["n_video_frames"]), float(row["seconds"]), row["source"])
         for row in rows
     ]
+
+
+def read_splits(directory: Path) -> dict[str, list[Entry]]:
+    """The manifest's entries of each split (train, val, test), in manifest order."""
+    entries = read_manifest(directory)
+    return {split: [e for e in entries if e.split == split] for split in ("train", "val", "test")}
 
 
 def read_classes(directory: Path) -> list[str]:

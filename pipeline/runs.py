@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache.store import SUFFIXES
+from cache.store import DISK_BACKENDS, SUFFIXES
+from pipeline.errors import MissingInputError
 
 
 def default_run_dir(dataset: str) -> Path:
@@ -95,7 +96,8 @@ def rank_and_world_size() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-STORE_SUFFIX = SUFFIXES  # the file or directory suffix of a store of each backend
+# the file or directory suffix of a store of each backend a stage may write
+STORE_SUFFIX = {backend: SUFFIXES[backend] for backend in DISK_BACKENDS}
 
 
 def find_store(directory: Path, stem: str) -> Path:
@@ -104,4 +106,4 @@ def find_store(directory: Path, stem: str) -> Path:
         path = directory / f"{stem}{suffix}"
         if path.exists():
             return path
-    raise FileNotFoundError(f"{directory}: no {stem} store; run `avl stage prepare` first")
+    raise MissingInputError(f"{directory}: no {stem} store; run `avl stage prepare` first")

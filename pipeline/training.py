@@ -1,39 +1,53 @@
-"""What every training stage shares: Adam with a cyclical learning rate, and a readable history."""
+"""What every training stage shares: the config, the loader, Adam with a cyclical learning rate, the epoch
+loop with its resumable state, and a readable history."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import runs
+from pipeline import distributed, runs
+from pipeline.datasets.registry import DATASETS
 from pipeline.distributed import SINGLE_PROCESS, Distributed, broadcast, gather
+from pipeline.errors import UserError
+
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """Settings every training stage shares: where the run lives, the schedule, seed, workers, device."""
 
-    dataset: str = "voxceleb"
-    run_dir: Path | None = None
-    epochs: int = 50
-    batch_size: int = 32
-    lr_min: float = 1e-4
-    lr_max: float = 1e-3
-    cycle_epochs: float = 4.0
-    seed: int = 0
-    num_workers: int = 2
-    device: str = "auto"
-    precision: str = "auto"  # "bf16" autocast or "fp32"; auto: bf16 on CUDA, fp32 on the CPU
-    channels_last: bool | None = None  # NHWC convolutions; None: on for CUDA, off on the CPU
-    compile: bool = False  # torch.compile the training step (the saved weights stay uncompiled)
-    max_steps_per_epoch: int = 0  # stop each epoch after this many batches (smoke runs, benchmarks); 0: all
-    resume: bool = False  # continue an interrupted run from its last epoch checkpoint
-    overwrite: bool = False  # replace a finished or unfinished run of the same name
+    dataset: str = field(default="voxceleb", metadata={
+        "help": "Dataset adapter; also names the default run dir runs/<dataset>.", "choices": DATASETS})
+    run_dir: Path | None = field(default=None, metadata={
+        "help": "Run directory shared by all stages (default: runs/<dataset>)."})
+    epochs: int = field(default=50, metadata={"help": "Training epochs."})
+    batch_size: int = field(default=32, metadata={"help": "Utterances per batch (per process under torchrun)."})
+    lr_min: float = field(default=1e-4, metadata={"help": "Lowest learning rate of the cyclical schedule."})
+    lr_max: float = field(default=1e-3, metadata={"help": "Highest learning rate of the cyclical schedule."})
+    cycle_epochs: float = field(default=4.0, metadata={"help": "Epochs per learning-rate cycle (up and down)."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
+    precision: str = field(default="auto", metadata={
+        "help": "bf16 (autocast) or fp32; auto: bf16 on CUDA, fp32 on the CPU.", "choices": PRECISIONS})
+    channels_last: bool | None = field(default=None, metadata={
+        "help": "NHWC convolutions (default: on for CUDA, off on the CPU)."})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the training step (the saved weights stay uncompiled)."})
+    max_steps_per_epoch: int = field(default=0, metadata={
+        "help": "Stop every epoch after this many batches (smoke runs, benchmarks); 0: all."})
+    resume: bool = field(default=False, metadata={"help": "Continue an interrupted run from its last epoch."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace a finished or unfinished run of the same name."})
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -46,9 +60,6 @@ class TrainingConfig:
             raise config_io.ConfigError(f"{stage}: precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.max_steps_per_epoch < 0:
             raise config_io.ConfigError(f"{stage}: max_steps_per_epoch must be >= 0")
-
-
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -216,7 +227,7 @@ def start_run(out: Path, cfg, resume: bool, overwrite: bool) -> Path | None:
     return resume_from
 
 
-class TrainingStateError(RuntimeError):
+class TrainingStateError(UserError, RuntimeError):
     """A run directory is in a state the requested action would damage; the message says what to do."""
 
 
@@ -260,6 +271,15 @@ def load_training_state(path: Path, model: nn.Module, optimiser, scheduler, load
     return state["epoch"], state["history"]
 
 
+def start_training(cfg: TrainingConfig, out: Path) -> tuple[torch.device, Distributed, Path | None]:
+    """Resolve the device, join torchrun's group, claim `out`, seed this rank → (device, job, checkpoint to resume)."""
+    device = runs.resolve_device(cfg.device)
+    job = distributed.setup(device)
+    resume_from = start_distributed_run(out, cfg, job)
+    runs.seed_everything(cfg.seed + job.rank)  # ranks draw different items; DDP gives them rank 0's weights
+    return device, job, resume_from
+
+
 def start_distributed_run(out: Path, cfg, job: Distributed) -> Path | None:
     """`start_run` on rank 0; every rank gets its answer, or the same error, so none waits forever."""
     outcome, failure = None, None
@@ -267,11 +287,54 @@ def start_distributed_run(out: Path, cfg, job: Distributed) -> Path | None:
         try:
             outcome = ("ok", start_run(out, cfg, cfg.resume, cfg.overwrite))
         except Exception as error:  # noqa: BLE001 — every rank must learn of it, or they wait forever
-            outcome, failure = ("error", type(error).__name__, str(error)), error
+            outcome, failure = ("error", isinstance(error, TrainingStateError), str(error)), error
     outcome = broadcast(job, outcome)
     if failure is not None:
         raise failure
     if outcome[0] == "error":
-        raise (TrainingStateError if outcome[1] == "TrainingStateError" else RuntimeError)(
-            f"rank 0 could not start the run: {outcome[2]}" if outcome[1] != "TrainingStateError" else outcome[2])
+        state_error, message = outcome[1], outcome[2]
+        if state_error:
+            raise TrainingStateError(message)
+        raise RuntimeError(f"rank 0 could not start the run: {message}")
     return outcome[1]
+
+
+def fit(cfg: TrainingConfig, job: Distributed, device: torch.device, out: Path, resume_from: Path | None,
+        module: nn.Module, step: nn.Module, dataset, name: str, evaluate: Callable[[], dict],
+        describe: Callable[[dict], str], losses: tuple[str, ...] = ("loss",), collate=None) -> list[dict]:
+    """Train `module` through `step` (its forward returning Losses, DDP-wrapped under torchrun); returns the history."""
+    loader, loader_generator = build_loader(dataset, cfg, job, device, cfg.seed, collate=collate)
+    steps_per_epoch = min(len(loader), cfg.max_steps_per_epoch or len(loader))
+    optimiser, scheduler = adam_with_cyclic_lr(module, cfg.lr_min, cfg.lr_max, steps_per_epoch, cfg.cycle_epochs)
+    dtype = autocast_dtype(cfg.precision, device)
+    history, first_epoch = [], 1
+    if resume_from is not None:
+        finished_epoch, history = load_training_state(resume_from, module, optimiser, scheduler, loader_generator, job)
+        first_epoch = finished_epoch + 1
+        if job.is_main:
+            tqdm.write(f"{out}: resuming after epoch {finished_epoch}")
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        epoch_started = time.perf_counter()
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        sums = train_epoch(step, loader, optimiser, scheduler, device, dtype, cfg.max_steps_per_epoch,
+                           f"{name} epoch {epoch}/{cfg.epochs}" if job.is_main else None)
+        sums = distributed.sum_over_ranks(job, sums)  # every rank's batches count once
+        seen = max(sums["seen"], 1.0)
+        # per item: the means of `losses` and the train accuracy, then `evaluate()`'s entries
+        row = {"epoch": epoch, **{key: sums[key] / seen for key in losses}, "train_accuracy": sums["hits"] / seen}
+        distributed.sync_buffers(module, job)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
+        row.update(evaluate())
+        row["seconds"] = time.perf_counter() - epoch_started
+        history.append(row)
+        save_training_state(out / LAST_CHECKPOINT, module, optimiser, scheduler, loader_generator, epoch, history, job)
+        if job.is_main:
+            tqdm.write(describe(row))
+    return history
+
+
+def finish_run(out: Path, metrics: dict, plotted: tuple[str, ...], title: str) -> None:
+    """Mark a training run finished (rank 0): its metrics, its curves, and no epoch checkpoint left over."""
+    runs.write_json(out / FINISHED_MARKER, metrics)
+    (out / LAST_CHECKPOINT).unlink()  # the run is finished: its weights live in the final checkpoint
+    plot_history(metrics["history"], plotted, out / "history.png", title)

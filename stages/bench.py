@@ -21,60 +21,55 @@ Sizes are flags; the defaults finish in a few minutes on a 2-core CPU.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from cache.bench import MemoryStore
-from cache.schema import cache_fields, spectrogram_fields
-from cache.store import array_stats, create_store, open_store
+from cache.schema import TeacherCacheSpec, spectrogram_fields
+from cache.store import create_store
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.distill import build_method
-from pipeline.features import (
-    SEGMENT_VIDEO_FRAMES,
-    SPEC_FRAMES_PER_SECOND,
-    VIDEO_FPS,
-    random_crop,
-    repeat_pad,
-)
-from pipeline.manifest import Entry, read_classes, read_manifest, write_manifest
-from pipeline.models.students import STUDENTS, StudentSpec, build_student
-from pipeline.runs import find_store
-from pipeline.training import autocast, autocast_dtype, speed_settings
+from pipeline.benchmark import bytes_per_hour, measure_input_pipeline, measure_live_teacher, run_sampling_rss
+from pipeline.datasets.synthetic import SynthConfig, synthesize
+from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
+from pipeline.manifest import Entry, read_manifest, write_manifest
+from pipeline.models.students import STUDENTS
+from stages import export_embeddings, prepare, train_teacher
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """Benchmark sizes and settings."""
 
-    work: Path | None = None  # where the corpus and run go (default: a temporary directory, removed after)
-    speakers: int = 6
-    utterances_per_speaker: int = 12
-    arch: str = "resnet"
-    tiny: bool = True  # the tiny student: the hardest case for the input pipeline (least compute per batch)
-    batch_size: int = 16
-    crop_seconds: int = 2
-    steps: int = 16  # timed training steps per input pipeline and round
-    rounds: int = 2  # memory and store are timed alternately this many times
-    epochs: int = 2  # cached vs live teacher: epochs timed after one untimed warm-up epoch
-    num_workers: int = 2
-    device: str = "auto"
-    rss_utterances: tuple[int, ...] = (200, 1600)  # sizes of the synthetic stage-3 runs whose peak RSS is measured
-    rss_steps: int = 4
-    seed: int = 0
-    out: Path | None = None  # also write the JSON object here
+    work: Path | None = field(default=None, metadata={
+        "help": "Keep the corpus and runs here (default: a temporary directory, removed after)."})
+    speakers: int = field(default=6, metadata={"help": "Speakers of the synthetic corpus."})
+    utterances_per_speaker: int = field(default=12, metadata={"help": "Utterances per speaker.", "flag": "--utterances"})
+    arch: str = field(default="resnet", metadata={"help": "Student architecture.", "choices": STUDENTS})
+    # the tiny student is the hardest case for the input pipeline (least compute per batch)
+    tiny: bool = field(default=True, metadata={"help": "Tiny or full-size student.", "flag": "--tiny/--full"})
+    batch_size: int = field(default=16, metadata={"help": "Utterances per batch."})
+    crop_seconds: int = field(default=2, metadata={"help": "Training crop length in whole seconds."})
+    steps: int = field(default=16, metadata={"help": "Timed training steps per input pipeline and round."})
+    rounds: int = field(default=2, metadata={"help": "Memory and store are timed alternately this many times."})
+    epochs: int = field(default=2, metadata={
+        "help": "Cached vs live teacher: epochs timed after one untimed warm-up epoch."})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
+    rss_utterances: tuple[int, ...] = field(default=(200, 1600), metadata={
+        "help": "Dataset sizes of the synthetic stage-3 runs whose peak RSS is measured."})
+    rss_steps: int = field(default=4, metadata={"help": "Training steps of each peak-RSS run."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    out: Path | None = field(default=None, metadata={"help": "Also write the JSON object here."})
 
     def validate(self) -> None:
         if self.arch not in STUDENTS:
@@ -89,223 +84,6 @@ class BenchConfig:
         if any(size < 16 + self.batch_size for size in self.rss_utterances):  # 16 are val and test
             raise config_io.ConfigError(f"bench: every rss_utterances size must be >= 16 + batch_size "
                                         f"= {16 + self.batch_size}, got {list(self.rss_utterances)}")
-
-
-class _LiveCrops(torch.utils.data.Dataset):
-    """What stage 3 would do without a cache: decode each crop's video and audio from the media file
-    (only the crop's time range), featurise the audio and crop the faces; the teacher then runs on them."""
-
-    def __init__(self, entries: list[Entry], labels: list[int], crop_seconds: int, face_size: int):
-        from pipeline.features import LogSpectrogram, SpectrogramParams
-
-        self.entries, self.labels, self.crop_seconds, self.face_size = entries, labels, crop_seconds, face_size
-        self.spectrogram = LogSpectrogram(SpectrogramParams())
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int):
-        from pipeline.media import face_crops, load_audio_visual
-
-        entry = self.entries[index]
-        crop = random_crop(entry.n_video_frames, self.crop_seconds)
-        start = crop.start_segment * SEGMENT_VIDEO_FRAMES / VIDEO_FPS
-        audio, frames = load_audio_visual(entry.source, start=start, end=start + self.crop_seconds)
-        faces = face_crops(frames, self.face_size, 1.0, None)
-        with torch.no_grad():
-            spectrogram = self.spectrogram(torch.from_numpy(audio)).numpy()
-        spectrogram = repeat_pad(spectrogram, self.crop_seconds * SPEC_FRAMES_PER_SECOND).astype(np.float32)
-        return torch.from_numpy(spectrogram), self.labels[index], torch.from_numpy(np.ascontiguousarray(faces))
-
-
-def _collate_live(items):
-    spectrograms = torch.stack([spectrogram for spectrogram, _, _ in items])
-    labels = torch.tensor([label for _, label, _ in items])
-    return spectrograms, labels, [faces for _, _, faces in items]
-
-
-@torch.no_grad()  # not inference_mode: the targets enter the student's autograd graph
-def _live_targets(teacher, faces: list[torch.Tensor], device) -> torch.Tensor:
-    """Each crop's peak-frame embedding (Eq. 4 inside the crop), computed by the live teacher: (B, D)."""
-    embeddings, logits = teacher(torch.cat(faces).to(device))
-    confidence = logits.float().softmax(dim=1).max(dim=1).values
-    targets, start = [], 0
-    for crop in faces:
-        peak = start + int(confidence[start : start + len(crop)].argmax())
-        targets.append(embeddings[peak].float())
-        start += len(crop)
-    return torch.stack(targets)
-
-
-def _student_step(spec: StudentSpec, device):
-    """Stage 3's training step with stage 3's default speed settings on `device` (CUDA: channels-last, bf16)."""
-    from stages.train_student import StudentStep
-
-    student = build_student(spec).to(device)
-    step = StudentStep(student, build_method("proposed", "non-sequential", "mse", 1.0, spec.embed_dim), 0.4).to(device)
-    return speed_settings(step, device), torch.optim.Adam(step.parameters(), lr=1e-3)
-
-
-def _train_step(step, optimiser, spectrogram, labels, target, device) -> None:
-    spectrogram, labels = spectrogram.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-    with autocast(autocast_dtype("auto", device), device):
-        losses = step(spectrogram, labels, target.to(device, non_blocking=True))
-    optimiser.zero_grad(set_to_none=True)
-    losses.total.backward()
-    optimiser.step()
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _loader(dataset, cfg: BenchConfig, n_batches: int, seed: int, collate=None, shuffle_epoch: bool = False):
-    """Batches drawn with replacement (as many as asked, whatever the dataset size), or one shuffled epoch."""
-    generator = torch.Generator().manual_seed(seed)
-    sampler = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle_epoch else
-               torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=n_batches * cfg.batch_size,
-                                              generator=generator))
-    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                                       num_workers=cfg.num_workers, collate_fn=collate,
-                                       persistent_workers=shuffle_epoch and cfg.num_workers > 0,
-                                       prefetch_factor=4 if cfg.num_workers else None,
-                                       pin_memory=torch.device(cfg.device).type == "cuda" if cfg.device != "auto"
-                                       else torch.cuda.is_available())
-
-
-def measure_input_pipeline(cfg: BenchConfig, run_dir: Path, device) -> dict:
-    """Training steps/s and loader batches/s, stores vs the same arrays in memory."""
-    from stages.train_student import _Crops
-
-    prepared = runs.prepare_dir(run_dir)
-    classes = read_classes(prepared)
-    train = [e for e in read_manifest(prepared) if e.split == "train"]
-    labels = [classes.index(e.label) for e in train]
-    spectrogram_path, cache_path = find_store(prepared, "spectrograms"), find_store(runs.embeddings_dir(run_dir), "voxceleb")
-    keys = [e.key for e in train]
-    sources = {
-        "store": (spectrogram_path, cache_path),
-        "memory": (MemoryStore.from_store(spectrogram_path, keys, ("spectrogram",)),
-                   MemoryStore.from_store(cache_path, keys, ("frame_prob", "frames"))),
-    }
-    embed_dim = int(sources["memory"][1].attrs["embed_dim"])
-    step, optimiser = _student_step(StudentSpec(cfg.arch, cfg.tiny, len(classes), embed_dim), device)
-    initial = copy.deepcopy((step.state_dict(), optimiser.state_dict()))
-    warmup = 2
-    seconds = {"store": 0.0, "memory": 0.0}
-    loader_seconds = {"store": 0.0, "memory": 0.0}
-    for round_index in range(cfg.rounds):
-        for name in ("memory", "store") if round_index % 2 == 0 else ("store", "memory"):
-            dataset = _Crops(train, labels, *sources[name], cfg.crop_seconds, "crop-peak")
-            step.load_state_dict(initial[0])
-            optimiser.load_state_dict(initial[1])
-            step.train()
-            batches = iter(_loader(dataset, cfg, warmup + cfg.steps, cfg.seed + round_index))
-            for _ in range(warmup):  # starts the workers and fills their prefetch queues
-                _train_step(step, optimiser, *next(batches), device)
-            _sync(device)
-            started = time.perf_counter()
-            for spectrogram, label, target in batches:
-                _train_step(step, optimiser, spectrogram, label, target, device)
-            _sync(device)
-            seconds[name] += time.perf_counter() - started
-            # the loader alone: how many batches per second the input pipeline can deliver
-            batches = iter(_loader(dataset, cfg, warmup + cfg.steps, cfg.seed + 100 + round_index))
-            for _ in range(warmup):
-                next(batches)
-            started = time.perf_counter()
-            for _ in batches:
-                pass
-            loader_seconds[name] += time.perf_counter() - started
-    n_steps = cfg.steps * cfg.rounds
-    rate = {name: n_steps / seconds[name] for name in seconds}
-    return {
-        "student": f"{cfg.arch}{' (tiny)' if cfg.tiny else ''}, method proposed, target crop-peak",
-        "batch": cfg.batch_size, "crop_seconds": cfg.crop_seconds, "num_workers": cfg.num_workers,
-        "steps_timed": n_steps,
-        "store_steps_per_second": round(rate["store"], 3),
-        "memory_steps_per_second": round(rate["memory"], 3),
-        "overhead": round(rate["memory"] / rate["store"], 3),  # goal: <= 1.10
-        "store_loader_batches_per_second": round(n_steps / loader_seconds["store"], 2),
-        "memory_loader_batches_per_second": round(n_steps / loader_seconds["memory"], 2),
-    }
-
-
-def measure_live_teacher(cfg: BenchConfig, run_dir: Path, device) -> dict:
-    """One epoch of the same student: cached targets against a live teacher decoding and running every step."""
-    from pipeline.models.teachers import TeacherSpec, build_teacher
-    from stages.train_student import _Crops
-
-    prepared = runs.prepare_dir(run_dir)
-    classes = read_classes(prepared)
-    train = [e for e in read_manifest(prepared) if e.split == "train"]
-    labels = [classes.index(e.label) for e in train]
-    checkpoint = torch.load(runs.teacher_checkpoint(run_dir), map_location="cpu", weights_only=True)
-    teacher = build_teacher(TeacherSpec(**checkpoint["spec"]))
-    teacher.load_state_dict(checkpoint["state_dict"])
-    teacher.to(device).eval().requires_grad_(False)
-    spec = StudentSpec(cfg.arch, cfg.tiny, len(classes), teacher.spec.embed_dim)
-    n_batches = len(train) // cfg.batch_size
-    if n_batches == 0:
-        raise config_io.ConfigError(f"bench: {len(train)} training utterances make no batch of {cfg.batch_size}; "
-                                    "pass more --speakers/--utterances or a smaller --batch-size")
-
-    results = {}
-    for name in ("cached", "live"):
-        step, optimiser = _student_step(spec, device)
-        step.train()
-        if name == "cached":
-            dataset = _Crops(train, labels, find_store(prepared, "spectrograms"),
-                             find_store(runs.embeddings_dir(run_dir), "voxceleb"), cfg.crop_seconds, "crop-peak")
-            loader = _loader(dataset, cfg, n_batches, cfg.seed, shuffle_epoch=True)
-        else:
-            dataset = _LiveCrops(train, labels, cfg.crop_seconds, int(checkpoint["face_size"]))
-            loader = _loader(dataset, cfg, n_batches, cfg.seed, collate=_collate_live, shuffle_epoch=True)
-        waiting = in_teacher = elapsed = 0.0
-        for epoch in range(cfg.epochs + 1):  # epoch 0 warms up: worker start-up, first reads, allocator
-            timed = epoch > 0
-            _sync(device)
-            started = last = time.perf_counter()
-            for spectrogram, label, target in loader:
-                tick = time.perf_counter()
-                waiting += (tick - last) * timed
-                if name == "live":
-                    target = _live_targets(teacher, target, device)
-                    _sync(device)
-                    in_teacher += (time.perf_counter() - tick) * timed
-                _train_step(step, optimiser, spectrogram, label, target, device)
-                _sync(device)
-                last = time.perf_counter()
-            elapsed += (time.perf_counter() - started) * timed
-        results[name] = {"epoch_seconds": round(elapsed / cfg.epochs, 2), "batches_per_epoch": n_batches,
-                         "waiting_for_input_share": round(waiting / elapsed, 3)}
-        if name == "live":
-            results[name]["teacher_share"] = round(in_teacher / elapsed, 3)
-    results["speedup"] = round(results["live"]["epoch_seconds"] / results["cached"]["epoch_seconds"], 2)
-    results["note"] = ("live: each item decodes only its crop's time range (PyAV), then spectrogram, face crops and "
-                       "the teacher on the crop's frames; mean of the timed epochs after a warm-up epoch")
-    return results
-
-
-def bytes_per_hour(run_dir: Path) -> dict:
-    """MB on disk per hour of video, per stored kind, on the corpus's real features."""
-    prepared = runs.prepare_dir(run_dir)
-    entries = read_manifest(prepared)
-    cache_path = find_store(runs.embeddings_dir(run_dir), "voxceleb")
-    with open_store(cache_path) as cache:  # it holds the exported splits only
-        exported_hours = sum(e.seconds for e in entries if e.key in cache) / 3600
-    hours = sum(e.seconds for e in entries) / 3600
-    result = {}
-    for label, path, stored_hours in (("spectrograms", find_store(prepared, "spectrograms"), hours),
-                                      ("face_crops", find_store(prepared, "faces"), hours),
-                                      ("teacher_cache", cache_path, exported_hours)):
-        stats = array_stats(path)
-        result[label] = {
-            name: round((info["bytes"] + stats.get(f"offsets/{name}", {"bytes": 0})["bytes"]) / stored_hours / 2**20, 2)
-            for name, info in stats.items() if name != "keys" and not name.startswith("offsets/")
-        }
-    return result
 
 
 RSS_CLASSES, RSS_EMBED = 10, 512
@@ -325,12 +103,10 @@ def write_synthetic_run(run_dir: Path, n_utterances: int, crop_seconds: int, see
     entries = []
     spec_writer = create_store(prepared / "spectrograms.zarr", spectrogram_fields(257),
                                {"kind": "spectrograms", "video_fps": VIDEO_FPS, "spectrogram": {"bench": True}})
-    fields = cache_fields(RSS_EMBED, RSS_CLASSES, "float16")
-    cache_writer = create_store(embeddings / "voxceleb.zarr", fields, {
-        "kind": "teacher-embeddings", "teacher_fingerprint": "bench", "embed_dim": RSS_EMBED,
-        "num_classes": RSS_CLASSES, "class_names": classes, "video_fps": VIDEO_FPS,
-        "segment_frames": SEGMENT_VIDEO_FRAMES, "window_seconds": crop_seconds, "teacher_sequential": False,
-        "splits": ["train", "val"]})
+    cache_writer = TeacherCacheSpec(
+        teacher_fingerprint="bench", teacher_arch="random", teacher_sequential=False, embed_dim=RSS_EMBED,
+        num_classes=RSS_CLASSES, class_names=tuple(classes), video_fps=VIDEO_FPS, segment_frames=SEGMENT_VIDEO_FRAMES,
+        window_seconds=crop_seconds, dtype="float16", splits=("train", "val")).create(embeddings / "voxceleb.zarr")
     for i, n in enumerate(n_frames):
         key = f"{classes[i % RSS_CLASSES]}/bench/{i:06d}.wav"
         split = "train" if i >= 16 else ("val" if i < 8 else "test")
@@ -356,53 +132,19 @@ def write_synthetic_run(run_dir: Path, n_utterances: int, crop_seconds: int, see
 STAGE3_CHILD = """
 import json, sys
 from pipeline import config
-from stages import bench, train_student
+from pipeline.processes import status_kb
+from stages import train_student
 settings = json.loads(sys.argv[1])
 if settings is not None:
     train_student.run(config.build(train_student.StudentConfig, settings))
-print("HWM_KB", bench.status_kb("self", "VmHWM"))
+print("HWM_KB", status_kb("self", "VmHWM"))
 """
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants (DataLoader workers, torchrun's workers), from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended while we looked
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, queue = [], [root]
-    while queue:
-        pid = queue.pop()
-        tree.append(pid)
-        queue.extend(children.get(pid, []))
-    return tree
-
-
-def status_kb(pid: int | str, field: str) -> int:
-    """A kB field of /proc/PID/status (VmRSS, VmHWM); 0 once the process has gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def _stage3_peaks(settings: dict | None, what: str) -> tuple[int, int]:
     """Run STAGE3_CHILD; (its own VmHWM, the peak of its process tree's summed VmRSS sampled every 20 ms), kB."""
-    child = subprocess.Popen([sys.executable, "-c", STAGE3_CHILD, json.dumps(settings)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    tree_peak = 0
-    while child.poll() is None:
-        tree_peak = max(tree_peak, sum(status_kb(pid, "VmRSS") for pid in process_tree(child.pid)))
-        time.sleep(0.02)
-    stdout, stderr = child.communicate()
-    if child.returncode != 0:
-        raise RuntimeError(f"bench: stage 3 on {what} failed:\n{stderr[-3000:]}")
+    stdout, tree_peak = run_sampling_rss([sys.executable, "-c", STAGE3_CHILD, json.dumps(settings)],
+                                         f"stage 3 on {what}")
     return int(next(line for line in stdout.splitlines() if line.startswith("HWM_KB ")).split()[1]), tree_peak
 
 
@@ -450,9 +192,6 @@ def run(cfg: BenchConfig) -> dict:
 
 
 def _run(cfg: BenchConfig, work: Path) -> dict:
-    from pipeline.datasets.synthetic import SynthConfig, synthesize
-    from stages import export_embeddings, prepare, train_teacher
-
     began = time.perf_counter()
     device = runs.resolve_device(cfg.device)
     run_dir = work / "run"

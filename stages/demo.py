@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -12,6 +12,7 @@ from tqdm import tqdm
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.datasets.synthetic import GENERATOR_VERSION, SynthConfig, synthesize
+from pipeline.report import MISSING, markdown_table
 from stages import export_embeddings, prepare, train_student, train_teacher
 
 # Sizes: "small" is the demo (a few minutes on 2 CPU cores); "tiny" is for tests (seconds).
@@ -35,12 +36,13 @@ SIZES = {
 class DemoConfig:
     """Demo settings."""
 
-    work: Path = Path("runs/demo")
-    lambdas: tuple[float, ...] = (0.0, 0.4)
-    size: str = "small"
-    device: str = "auto"
-    num_workers: int = 2
-    seed: int = 0
+    work: Path = field(default=Path("runs/demo"), metadata={"help": "Work directory: the corpus and the run."})
+    lambdas: tuple[float, ...] = field(default=(0.0, 0.4), metadata={"help": "λ values to train students at."})
+    size: str = field(default="small", metadata={
+        "help": "Corpus and training size: small (a few minutes) or tiny.", "choices": SIZES})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    seed: int = field(default=0, metadata={"help": "Random seed of the corpus and the training."})
 
     def validate(self) -> None:
         if self.size not in SIZES:
@@ -63,12 +65,10 @@ def _corpus(cfg: DemoConfig) -> Path:
 
 def results_table(rows: list[dict]) -> str:
     """A Markdown table of the demo's results."""
-    lines = ["| model | λ | test accuracy | EER | minDCF | train s |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        cells = [row["model"], row["lambda"], row["accuracy"], row["eer"], row["min_dcf"], row["seconds"]]
-        lines.append("| " + " | ".join("—" if c is None else f"{c:.3f}" if isinstance(c, float) else str(c)
-                                       for c in cells) + " |")
-    return "\n".join(lines)
+    cells = [[MISSING if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+              for value in (row["model"], row["lambda"], row["accuracy"], row["eer"], row["min_dcf"], row["seconds"])]
+             for row in rows]
+    return "\n".join(markdown_table(["model", "λ", "test accuracy", "EER", "minDCF", "train s"], cells))
 
 
 def run(cfg: DemoConfig) -> Path:

@@ -18,61 +18,64 @@ an utterance shorter than the window gets one window over all of its segments.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from cache.backends import DISK_BACKENDS
 from cache.parts import is_parts_directory, part_path
-from cache.schema import cache_fields
-from cache.store import FieldSpec, StoreError, create_store, open_for_append, open_store
+from cache.schema import TeacherCacheSpec, raise_problems
+from cache.store import StoreError, open_for_append, open_store
+from pipeline import checkpoints, runs
 from pipeline import config as config_io
-from pipeline import runs
+from pipeline.data import GroupFrames, teacher_groups
 from pipeline.datasets.base import SPLITS
-from pipeline.features import (
-    SEGMENT_SECONDS,
-    SEGMENT_VIDEO_FRAMES,
-    VIDEO_FPS,
-    n_segments,
-    segment_means,
-)
-from pipeline.manifest import Entry, manifest_hash, read_manifest
-from pipeline.models.teachers import TeacherSpec, build_teacher
+from pipeline.datasets.registry import DATASETS
+from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
+from pipeline.manifest import manifest_hash, read_manifest
 from pipeline.runs import STORE_SUFFIX, find_store
+from pipeline.targets import utterance_targets, window_segments, window_targets
 from pipeline.training import autocast, autocast_dtype
-
-CACHE_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     """Stage 2 settings."""
 
-    dataset: str = "voxceleb"
-    run_dir: Path | None = None
-    teacher: Path | None = None  # default: the run's teacher/teacher.pt
-    out: Path | None = None  # default: the run's embeddings/<dataset>.<zarr|h5>
-    store: str = "zarr"
-    dtype: str = "float16"
-    batch_frames: int = 512
-    # window (= the student's training crop) of the sequential targets; default: the sequential teacher's
-    # training window, else 5
-    window_seconds: int | None = None
-    num_workers: int = 1
-    device: str = "auto"
-    overwrite: bool = False
-    # commit what is written at least this often; 0 commits after every teacher group (most commits
-    # rewrite the last, partly filled zarr shard, so frequent commits cost write bandwidth)
-    commit_seconds: float = 30.0
-    # write part `part` of `num_parts` into the directory `out`; default: torchrun's RANK and WORLD_SIZE
-    # when WORLD_SIZE > 1, else one whole store
-    part: int | None = None
-    num_parts: int | None = None
-    # manifest splits to export: what the student may see. Train is what it trains on; val is what it is
-    # selected on (and costs the teacher little). Test is left out so no test target is ever cached.
-    splits: tuple[str, ...] = ("train", "val")
+    dataset: str = field(default="voxceleb", metadata={
+        "help": "Dataset adapter; also names the default run dir runs/<dataset>.", "choices": DATASETS})
+    run_dir: Path | None = field(default=None, metadata={
+        "help": "Run directory shared by all stages (default: runs/<dataset>)."})
+    teacher: Path | None = field(default=None, metadata={
+        "help": "Teacher checkpoint (default: RUN_DIR/teacher/teacher.pt)."})
+    out: Path | None = field(default=None, metadata={
+        "help": "Cache path (default: RUN_DIR/embeddings/DATASET.zarr, or .h5)."})
+    store: str = field(default="zarr", metadata={
+        "help": "Storage backend for what this stage writes.", "choices": DISK_BACKENDS})
+    dtype: str = field(default="float16", metadata={"help": "Embedding dtype: float16 or float32."})
+    batch_frames: int = field(default=512, metadata={"help": "Frames per teacher batch (across utterances)."})
+    window_seconds: int | None = field(default=None, metadata={
+        "help": "Sequential teachers: aggregator window, = the student's training crop (default: the teacher's "
+                "training window, else 5)."})
+    num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes."})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a cache made by another teacher."})
+    # most commits rewrite the last, partly filled zarr shard, so frequent commits cost write bandwidth
+    commit_seconds: float = field(default=30.0, metadata={
+        "help": "Commit written utterances at least this often; 0: after every teacher group."})
+    part: int | None = field(default=None, metadata={
+        "help": "Write part PART of NUM_PARTS into the directory --out (default: torchrun's RANK when "
+                "WORLD_SIZE > 1, else one whole store)."})
+    num_parts: int | None = field(default=None, metadata={
+        "help": "Number of parts (default: torchrun's WORLD_SIZE)."})
+    # Train is what the student trains on; val is what it is selected on (and costs the teacher little).
+    # Test is left out so no test target is ever cached.
+    splits: tuple[str, ...] = field(default=("train", "val"), metadata={
+        "help": "Manifest splits to export: what the student may see (never test unless asked).",
+        "choices": SPLITS})
 
     def validate(self) -> None:
         if not self.splits or len(set(self.splits)) != len(self.splits) or not set(self.splits) <= set(SPLITS):
@@ -116,96 +119,7 @@ class ExportConfig:
         return self.resolved_out if part is None else part_path(self.resolved_out, part[0], self.store)
 
 
-def utterance_targets(embeddings: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
-    """Every cached quantity of one utterance from its per-frame teacher outputs (T, D) and (T, C)."""
-    frame_prob = probabilities.max(axis=1)
-    peak_frame = int(frame_prob.argmax())  # Eq. 4: the frame the teacher is most confident about
-    return {
-        "frames": embeddings,
-        "frame_prob": frame_prob,
-        "frame_pred": probabilities.argmax(axis=1).astype(np.int32),
-        "segments": segment_means(embeddings),  # Eq. 6
-        "peak": embeddings[peak_frame],
-        "soft": probabilities.mean(axis=0),
-    }
-
-
-def window_segments(n_video_frames: int, window_seconds: int) -> list[tuple[int, int]]:
-    """Segment ranges [first, stop) of the training windows of an utterance, in start order."""
-    window = window_seconds // SEGMENT_SECONDS
-    whole = n_video_frames // SEGMENT_VIDEO_FRAMES
-    if whole < window:  # shorter than one window: one window over what exists, a partial second included
-        return [(0, n_segments(n_video_frames))]
-    return [(start, start + window) for start in range(whole - window + 1)]
-
-
-def window_targets(teacher, segments: np.ndarray, windows: list[tuple[int, int]], device) -> dict[str, np.ndarray]:
-    """`aggregator` (W, D) and `window_soft` (W, C) of a sequential teacher over each window's segment means."""
-    segments = torch.from_numpy(segments).to(device)
-    stacked = torch.stack([segments[first:stop] for first, stop in windows])  # (W, S, D): windows share a length
-    aggregate = teacher.aggregate(stacked)
-    return {"aggregator": aggregate.float().cpu().numpy(),
-            "window_soft": teacher.head(aggregate).float().softmax(dim=1).cpu().numpy()}
-
-
-def teacher_groups(entries: list[Entry], batch_frames: int) -> list[list[str]]:
-    """Keys in manifest order, cut into groups of whole utterances of at least `batch_frames` frames.
-
-    A pure function of the manifest (the last group may be smaller): a resumed export feeds the
-    teacher exactly the batches an uninterrupted one does, so both write bit-identical rows.
-    """
-    groups, group, n_frames = [], [], 0
-    for entry in entries:
-        group.append(entry.key)
-        n_frames += entry.n_video_frames
-        if n_frames >= batch_frames:
-            groups.append(group)
-            group, n_frames = [], 0
-    if group:
-        groups.append(group)
-    return groups
-
-
-class _GroupFrames(torch.utils.data.Dataset):
-    """Item = one teacher group: its keys, their frame counts and all their face frames, concatenated."""
-
-    def __init__(self, store_path: Path, groups: list[list[str]], n_frames: dict[str, int]):
-        self.store_path, self.groups, self.n_frames, self.store = store_path, groups, n_frames, None
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, index: int):
-        if self.store is None:
-            self.store = open_store(self.store_path)  # opened lazily, once per DataLoader worker
-        keys = self.groups[index]
-        frames = [self.store.read(key, "frames") for key in keys]
-        for key, rows in zip(keys, frames):
-            if len(rows) != self.n_frames[key]:
-                raise StoreError(f"{self.store_path}: {key!r} has {len(rows)} frames, the manifest says "
-                                 f"{self.n_frames[key]}; re-run `avl stage prepare`")
-        return keys, [len(rows) for rows in frames], torch.from_numpy(np.concatenate(frames))
-
-
-def _check_resumable(path: Path, attrs: dict, part: tuple[int, int] | None) -> None:
-    """Refuse to extend a cache that another teacher, manifest or setting made, naming what differs."""
-    existing = open_store(path, require_complete=False)
-    existing.close()
-    made_by, fingerprint = existing.attrs.get("teacher_fingerprint"), attrs["teacher_fingerprint"]
-    if made_by != fingerprint:
-        raise StoreError(
-            f"{path}: cache was made by teacher {str(made_by)[:12]}, this teacher is {fingerprint[:12]}; "
-            "pass --overwrite to replace it or --out to write a new cache"
-        )
-    for name, value in attrs.items():
-        if existing.attrs.get(name) != value:
-            raise StoreError(f"{path}: cache was made with {name}={existing.attrs.get(name)!r}, this export "
-                             f"uses {value!r}; use the same setting to resume it, or pass --overwrite or --out")
-    if existing.part != part:
-        raise StoreError(f"{path}: is part {existing.part} (index, count), this export writes part {part}")
-
-
-def _open_cache(cfg: ExportConfig, attrs: dict, fields: list[FieldSpec]):
+def _open_cache(cfg: ExportConfig, cache: TeacherCacheSpec):
     """A writer: new, or resumed if a previous export with the *same* teacher and settings stopped part-way."""
     path, part = cfg.resolved_store, cfg.resolved_part
     if part is not None and cfg.resolved_out.exists() and not cfg.resolved_out.is_dir():
@@ -215,10 +129,12 @@ def _open_cache(cfg: ExportConfig, attrs: dict, fields: list[FieldSpec]):
         raise StoreError(f"{path}: holds the parts of a sharded cache; write it with the same num_parts, "
                          "or remove it or pass another --out to write one whole store")
     if path.exists() and not cfg.overwrite:
-        _check_resumable(path, attrs, part)
+        with open_store(path, require_complete=False) as existing:
+            raise_problems(path, cache.resume_problems(existing, part), "use the same teacher and settings to "
+                           "resume it, or pass --overwrite to replace it or --out to write a new cache")
         return open_for_append(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return create_store(path, fields, attrs, backend=cfg.store, overwrite=cfg.overwrite, part=part)
+    return cache.create(path, backend=cfg.store, overwrite=cfg.overwrite, part=part)
 
 
 def run(cfg: ExportConfig) -> Path:
@@ -227,16 +143,11 @@ def run(cfg: ExportConfig) -> Path:
     run_dir = cfg.resolved_run_dir
     prepared = runs.prepare_dir(run_dir)
     checkpoint_path = cfg.teacher or runs.teacher_checkpoint(run_dir)
-    if not Path(checkpoint_path).exists():
-        raise FileNotFoundError(f"{checkpoint_path}: no teacher checkpoint; run `avl stage train-teacher` first")
     device = runs.resolve_device(cfg.device)
+    loaded = checkpoints.load_teacher(checkpoint_path, device)
+    teacher, spec = loaded.model, loaded.model.spec
     fingerprint = runs.file_sha256(checkpoint_path)
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    spec = TeacherSpec(**checkpoint["spec"])
-    teacher = build_teacher(spec)
-    teacher.load_state_dict(checkpoint["state_dict"])
-    teacher.to(device).eval().requires_grad_(False)
-    window_seconds = cfg.window_seconds or checkpoint.get("window_seconds") or 5
+    window_seconds = cfg.window_seconds or loaded.window_seconds or 5
 
     out, part = cfg.resolved_store, cfg.resolved_part
     entries = [entry for entry in read_manifest(prepared) if entry.split in cfg.splits]
@@ -247,30 +158,28 @@ def run(cfg: ExportConfig) -> Path:
     faces = open_store(face_store)
     faces.close()
     precision = "bfloat16-autocast" if device.type == "cuda" else "float32"
-    attrs = {
-        "kind": "teacher-embeddings",
-        "format_version": CACHE_FORMAT_VERSION,
-        "teacher_fingerprint": fingerprint,
-        "teacher_arch": spec.arch,
-        "teacher_tiny": spec.tiny,
-        "teacher_sequential": spec.sequential,
-        "teacher_precision": precision,
-        "embed_dim": spec.embed_dim,
-        "num_classes": spec.num_classes,
-        "class_names": checkpoint["class_names"],
-        "video_fps": VIDEO_FPS,
-        "segment_frames": SEGMENT_VIDEO_FRAMES,
-        "window_seconds": window_seconds,
-        "dtype": cfg.dtype,
-        "batch_frames": cfg.batch_frames,
-        "dataset": cfg.dataset,
-        "dataset_root": faces.attrs.get("dataset_root"),
-        "face_size": faces.attrs.get("face_size"),
-        "face_crop": faces.attrs.get("crop"),
-        "manifest_sha256": manifest_hash(prepared),
-        "splits": [split for split in SPLITS if split in cfg.splits],  # readers check coverage of these only
-    }
-    writer = _open_cache(cfg, attrs, cache_fields(spec.embed_dim, spec.num_classes, cfg.dtype, spec.sequential))
+    cache = TeacherCacheSpec(
+        teacher_fingerprint=fingerprint,
+        teacher_arch=spec.arch,
+        teacher_tiny=spec.tiny,
+        teacher_sequential=spec.sequential,
+        teacher_precision=precision,
+        embed_dim=spec.embed_dim,
+        num_classes=spec.num_classes,
+        class_names=tuple(loaded.class_names),
+        video_fps=VIDEO_FPS,
+        segment_frames=SEGMENT_VIDEO_FRAMES,
+        window_seconds=window_seconds,
+        dtype=cfg.dtype,
+        batch_frames=cfg.batch_frames,
+        dataset=cfg.dataset,
+        dataset_root=faces.attrs.get("dataset_root"),
+        face_size=faces.attrs.get("face_size"),
+        face_crop=faces.attrs.get("crop"),
+        manifest_sha256=manifest_hash(prepared),
+        splits=tuple(split for split in SPLITS if split in cfg.splits),
+    )
+    writer = _open_cache(cfg, cache)
     # saved once the cache is accepted, with the part resolved and without overwrite: the file is also
     # the command that finishes this store, and finishing must resume it, not wipe it
     config_path = config_io.save(
@@ -284,7 +193,7 @@ def run(cfg: ExportConfig) -> Path:
     todo = [group for group in groups if any(key not in writer for key in group)]
     n_frames = {e.key: e.n_video_frames for e in entries}
     loader = torch.utils.data.DataLoader(
-        _GroupFrames(face_store, todo, n_frames), batch_size=None, num_workers=cfg.num_workers,
+        GroupFrames(face_store, todo, n_frames), batch_size=None, num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
     teacher_seconds, reading_seconds, frames_done, exported, recomputed = 0.0, 0.0, 0, 0, 0

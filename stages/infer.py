@@ -6,17 +6,24 @@ Only the student checkpoint is read: no run directory, teacher, cache or video d
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from cache.store import FieldSpec, create_store
+from pipeline import checkpoints, inference, runs
 from pipeline import config as config_io
-from pipeline import inference, runs
 from pipeline import metrics as metric_fns
+from pipeline.errors import MissingInputError, RunExistsError
 
 EMBEDDING_FORMATS = {".npy": "npy", ".zarr": "zarr", ".h5": "hdf5"}
+# the CLI help of the fields every inference command shares
+MODEL_ARGUMENT = {"help": "A student checkpoint (student.pt) or the students/<name>/ folder holding it.", "argument": True}
+FILES_ARGUMENT = {"help": "Audio or video files (wav, mp4, m4a, ...); only the audio track is used.", "argument": True}
+DEVICE_HELP = {"help": "cpu, cuda, cuda:N or auto."}
+OVERWRITE_HELP = {"help": "Replace the output if it exists."}
 
 
 def _check_files(files: tuple[Path, ...], command: str) -> None:
@@ -28,23 +35,25 @@ def _check_files(files: tuple[Path, ...], command: str) -> None:
             raise config_io.ConfigError(f"{command}: {path} is given twice")
         seen.add(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+            raise MissingInputError(f"{path}: no such file")
 
 
 def _claim(path: Path, overwrite: bool) -> None:
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it")
+        raise RunExistsError(f"{path}: already exists; pass --overwrite to replace it")
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
     """`avl embed` settings."""
 
-    model: Path  # student.pt or the students/<name>/ directory holding it
-    files: tuple[Path, ...]
-    out: Path  # .npy (plus <stem>.keys.txt), .zarr or .h5 (a ragged store, one row per file)
-    device: str = "cpu"
-    overwrite: bool = False
+    model: Path = field(metadata=MODEL_ARGUMENT)
+    files: tuple[Path, ...] = field(metadata=FILES_ARGUMENT)
+    out: Path = field(metadata={
+        "help": "Output: .npy (plus <stem>.keys.txt naming each row's file), .zarr or .h5 (a ragged store, one row "
+                "per file)."})
+    device: str = field(default="cpu", metadata=DEVICE_HELP)
+    overwrite: bool = field(default=False, metadata=OVERWRITE_HELP)
 
     def validate(self) -> None:
         if self.out.suffix not in EMBEDDING_FORMATS:
@@ -61,7 +70,7 @@ def embed(cfg: EmbedConfig) -> Path:
     _check_files(cfg.files, "embed")
     out_format = EMBEDDING_FORMATS[cfg.out.suffix]
     _claim(cfg.out, cfg.overwrite)
-    student = inference.load_student(cfg.model, runs.resolve_device(cfg.device))
+    student = checkpoints.load_student(cfg.model, runs.resolve_device(cfg.device))
     keys = [str(path) for path in cfg.files]
     rows = [embedding for _, embedding, _ in
             tqdm(inference.run_files(student, cfg.files), total=len(keys), desc="embed", unit="file")]
@@ -72,8 +81,6 @@ def embed(cfg: EmbedConfig) -> Path:
         keys_path(cfg.out).write_text("".join(f"{key}\n" for key in keys))
         written = f"{cfg.out} and {keys_path(cfg.out)}"
     else:
-        from cache.store import FieldSpec, create_store
-
         attrs = {"kind": "student-embeddings", "student": student.info, "embed_dim": student.embed_dim,
                  "spectrogram": student.spectrogram_params.to_dict()}
         fields = [FieldSpec("embedding", "float32", (student.embed_dim,), ragged=False, chunk_rows=256)]
@@ -90,13 +97,14 @@ def embed(cfg: EmbedConfig) -> Path:
 class PredictConfig:
     """`avl predict` settings."""
 
-    model: Path
-    files: tuple[Path, ...]
-    top_k: int = 5
-    out: Path | None = None  # JSON with every file's prediction and top-k probabilities
-    all_probabilities: bool = False  # also write every class's probability into the JSON
-    device: str = "cpu"
-    overwrite: bool = False
+    model: Path = field(metadata=MODEL_ARGUMENT)
+    files: tuple[Path, ...] = field(metadata=FILES_ARGUMENT)
+    top_k: int = field(default=5, metadata={"help": "Classes listed per file."})
+    out: Path | None = field(default=None, metadata={
+        "help": "Also write every file's prediction and top-k probabilities as JSON here."})
+    all_probabilities: bool = field(default=False, metadata={"help": "Put every class's probability in the JSON."})
+    device: str = field(default="cpu", metadata=DEVICE_HELP)
+    overwrite: bool = field(default=False, metadata=OVERWRITE_HELP)
 
     def validate(self) -> None:
         if self.top_k < 1:
@@ -119,7 +127,7 @@ def predict(cfg: PredictConfig) -> list[dict]:
     _check_files(cfg.files, "predict")
     if cfg.out is not None:
         _claim(cfg.out, cfg.overwrite)
-    student = inference.load_student(cfg.model, runs.resolve_device(cfg.device))
+    student = checkpoints.load_student(cfg.model, runs.resolve_device(cfg.device))
     top_k = min(cfg.top_k, len(student.class_names))
     rows = []
     for path, _, logits in tqdm(inference.run_files(student, cfg.files), total=len(cfg.files), desc="predict",
@@ -141,14 +149,19 @@ def predict(cfg: PredictConfig) -> list[dict]:
 class VerifyConfig:
     """`avl verify` settings."""
 
-    model: Path
-    trials: Path  # veri_test.txt format: `<1|0> <enrol path> <test path>` per line
-    root: Path | None = None  # what the trial paths are relative to (default: the trial list's folder)
-    out: Path | None = None  # scores TSV (default: <trials stem>.scores.tsv in the current directory)
-    skip_missing: bool = False  # score only the trials whose two files exist, and say how many were left out
-    p_target: float = 0.01
-    device: str = "cpu"
-    overwrite: bool = False
+    model: Path = field(metadata=MODEL_ARGUMENT)
+    trials: Path = field(metadata={
+        "help": "Trial list in veri_test.txt format: '<1|0> <enrol path> <test path>' per line.", "argument": True})
+    root: Path | None = field(default=None, metadata={
+        "help": "Folder the trial paths are relative to (default: the list's folder)."})
+    out: Path | None = field(default=None, metadata={
+        "help": "Scores TSV (default: <trials stem>.scores.tsv in the current directory); a .json summary goes "
+                "beside it."})
+    skip_missing: bool = field(default=False, metadata={
+        "help": "Score only the trials whose two files exist, and say how many were left out."})
+    p_target: float = field(default=0.01, metadata={"help": "Target prior of minDCF."})
+    device: str = field(default="cpu", metadata=DEVICE_HELP)
+    overwrite: bool = field(default=False, metadata=OVERWRITE_HELP)
 
     def validate(self) -> None:
         if not 0.0 < self.p_target < 1.0:
@@ -164,14 +177,14 @@ def verify(cfg: VerifyConfig) -> Path:
     trials = inference.read_file_trials(cfg.trials)
     missing = sorted({name for t in trials for name in (t.enrol, t.test) if not (root / name).is_file()})
     if missing and not cfg.skip_missing:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{root}: {len(missing)} files of the trial list are missing, e.g. {missing[:3]}; "
             "check --root, or pass --skip-missing to score only the trials whose files are present")
     absent = set(missing)
     scored = [t for t in trials if t.enrol not in absent and t.test not in absent]
     if not scored:
-        raise FileNotFoundError(f"{root}: no trial of {cfg.trials} has both files present")
-    student = inference.load_student(cfg.model, runs.resolve_device(cfg.device))
+        raise MissingInputError(f"{root}: no trial of {cfg.trials} has both files present")
+    student = checkpoints.load_student(cfg.model, runs.resolve_device(cfg.device))
     scores = inference.score_trials(student, scored, root)
     labels = np.array([t.label for t in scored])
 

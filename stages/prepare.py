@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from cache.schema import face_fields, spectrogram_fields
-from cache.store import FieldSpec, create_store, open_for_append, open_store
+from cache.backends import DISK_BACKENDS
+from cache.schema import FaceStoreSpec, SpectrogramStoreSpec
+from cache.store import open_for_append, open_store
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.datasets.base import Utterance
@@ -34,28 +35,41 @@ IDENTIFICATION_SPLITS = ("train", "val", "test")
 class PrepareConfig:
     """Stage 0 settings."""
 
-    root: Path | None = None
-    dataset: str = "voxceleb"
-    run_dir: Path | None = None
-    split_file: Path | None = None
-    trials_file: Path | None = None
-    store: str = "zarr"
-    face_size: int = 64
-    crop_fraction: float = 1.0
-    normalisation: str = "utterance"  # spectrogram normalisation: "utterance" or "frequency-bin"
-    num_workers: int = 2
-    on_error: str = "stop"
-    overwrite: bool = False
-    commit_seconds: float = 30.0  # commit what is written at least this often (0: after every utterance)
+    root: Path | None = field(default=None, metadata={"help": "Dataset root in its published layout."})
+    dataset: str = field(default="voxceleb", metadata={
+        "help": "Dataset adapter; also names the default run dir runs/<dataset>.", "choices": DATASETS})
+    run_dir: Path | None = field(default=None, metadata={
+        "help": "Run directory shared by all stages (default: runs/<dataset>)."})
+    split_file: Path | None = field(default=None, metadata={
+        "help": "iden_split.txt-format split (default: ROOT/iden_split.txt)."})
+    trials_file: Path | None = field(default=None, metadata={
+        "help": "veri_test.txt-format trials (default: ROOT/veri_test.txt)."})
+    store: str = field(default="zarr", metadata={
+        "help": "Storage backend for what this stage writes.", "choices": DISK_BACKENDS})
+    face_size: int = field(default=64, metadata={"help": "Face crop side in pixels."})
+    crop_fraction: float = field(default=1.0, metadata={"help": "Centre crop side as a fraction of the frame."})
+    normalisation: str = field(default="utterance", metadata={
+        "help": "Spectrogram normalisation.", "choices": NORMALISATIONS})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    on_error: str = field(default="stop", metadata={
+        "help": "stop at the first bad file, or skip and record it.", "choices": ("stop", "skip")})
+    overwrite: bool = field(default=False, metadata={"help": "Rebuild stores that already exist."})
+    commit_seconds: float = field(default=30.0, metadata={
+        "help": "Commit written utterances at least this often; 0: after every utterance."})
     # Dataset protocol options; None leaves the adapter's default, and an option a dataset lacks is an error.
-    fold: int | None = None  # RAVDESS: test actor (leave-one-subject-out); IEMOCAP: test session
-    classes: str | None = None  # RAVDESS: "7" (calm merged into neutral) or "8"
-    include_song: bool | None = None  # RAVDESS
-    include_scripted: bool | None = None  # IEMOCAP
-    split: str | None = None  # VoxCeleb: "official" (iden_split.txt) or "70-10-20" per speaker
-    seed: int | None = None  # VoxCeleb 70-10-20 shuffle
-    audio_only_ok: bool | None = None  # list utterances that have no video
-    boxes_dir: Path | None = None  # per-frame face boxes instead of centre crops
+    fold: int | None = field(default=None, metadata={
+        "help": "RAVDESS: test actor (leave-one-subject-out); IEMOCAP: test session."})
+    classes: str | None = field(default=None, metadata={
+        "help": "RAVDESS: 7 (calm merged into neutral) or 8 classes."})
+    include_song: bool | None = field(default=None, metadata={"help": "RAVDESS: add the sung clips."})
+    include_scripted: bool | None = field(default=None, metadata={
+        "help": "IEMOCAP: scripted turns.", "flag": "--include-scripted/--no-scripted"})
+    split: str | None = field(default=None, metadata={
+        "help": "VoxCeleb: official (iden_split.txt) or 70-10-20 per speaker."})
+    seed: int | None = field(default=None, metadata={"help": "VoxCeleb: seed of the 70-10-20 split."})
+    audio_only_ok: bool | None = field(default=None, metadata={"help": "List utterances that have no video."})
+    boxes_dir: Path | None = field(default=None, metadata={
+        "help": "Per-frame face boxes (x0 y0 x1 y1) instead of centre crops."})
 
     def validate(self) -> None:
         if self.root is None:
@@ -117,21 +131,6 @@ def _one_thread_per_worker(_worker_id: int) -> None:
     torch.set_num_threads(1)  # workers share 2 cores with the main process; more threads only thrash
 
 
-def _open_or_create(path: Path, fields: list[FieldSpec], attrs: dict, backend: str, overwrite: bool):
-    """A writer for `path`: fresh, or resumed when an earlier run stopped before completing it."""
-    if path.exists() and not overwrite:
-        existing = open_store(path, require_complete=False)
-        for name, value in attrs.items():
-            if existing.attrs.get(name) != value:
-                raise RuntimeError(
-                    f"{path}: was written with {name}={existing.attrs.get(name)!r}, this run uses {value!r}; "
-                    "pass --overwrite to rebuild it"
-                )
-        existing.close()
-        return open_for_append(path)
-    return create_store(path, fields, attrs, backend=backend, overwrite=overwrite)
-
-
 def run(cfg: PrepareConfig) -> Path:
     """Decode, featurise and store every utterance the protocol uses; returns the prepare directory."""
     out = runs.prepare_dir(cfg.resolved_run_dir)
@@ -149,21 +148,14 @@ def run(cfg: PrepareConfig) -> Path:
     classes = adapter.classes()
 
     params = SpectrogramParams(normalisation=cfg.normalisation)
-    common = {"dataset": cfg.dataset, "dataset_root": str(Path(cfg.root).resolve()), "video_fps": VIDEO_FPS}
-    spectrograms = _open_or_create(
-        spectrogram_store_path(out, cfg.store),
-        spectrogram_fields(params.n_freq),
-        {**common, "kind": "spectrograms", "spectrogram": params.to_dict()},
-        cfg.store,
-        cfg.overwrite,
-    )
-    faces = _open_or_create(
-        face_store_path(out, cfg.store),
-        face_fields(cfg.face_size),
-        {**common, "kind": "faces", "face_size": cfg.face_size, "crop": "boxes" if cfg.boxes_dir else f"centre {cfg.crop_fraction}"},
-        cfg.store,
-        cfg.overwrite,
-    )
+    source = {"dataset": cfg.dataset, "dataset_root": str(Path(cfg.root).resolve()), "video_fps": VIDEO_FPS}
+    crop = "boxes" if cfg.boxes_dir else f"centre {cfg.crop_fraction}"
+    # a store an earlier run left incomplete is resumed only if it was made with these same settings
+    rebuild = "pass --overwrite to rebuild it"
+    spectrograms = SpectrogramStoreSpec(**source, spectrogram=params.to_dict()).open_or_create(
+        spectrogram_store_path(out, cfg.store), cfg.store, cfg.overwrite, rebuild)
+    faces = FaceStoreSpec(**source, face_size=cfg.face_size, crop=crop).open_or_create(
+        face_store_path(out, cfg.store), cfg.store, cfg.overwrite, rebuild)
     # saved once the stores are accepted, without overwrite: the file is also the command that finishes
     # the stores, and finishing must resume them, not wipe them
     config_path = config_io.save(replace(cfg, overwrite=False), out / "config.toml")

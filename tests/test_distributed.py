@@ -18,9 +18,9 @@ from cache.parts import is_parts_directory
 from cache.store import open_store
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.cli import _torchrun_command
+from pipeline.distributed import torchrun_command
 from pipeline.manifest import read_manifest
-from stages.bench import process_tree
+from pipeline.processes import process_tree
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def _env() -> dict:
 def _avl(*args: str, nproc: int | None = None) -> list[str]:
     """The `avl` command line; with nproc, the torchrun command `--nproc-per-node` re-executes into."""
     argv = ["stage", *args] + ([f"--nproc-per-node={nproc}"] if nproc else [])
-    return _torchrun_command(argv) if nproc else [sys.executable, "-m", "pipeline.cli", *argv]
+    return torchrun_command(argv) if nproc else [sys.executable, "-m", "pipeline.cli", *argv]
 
 
 def _run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -55,14 +55,14 @@ def exported(tiny_run, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_torchrun_command_is_built_from_the_nproc_flag() -> None:
-    command = _torchrun_command(["stage", "train-student", "--lambda", "0.4", "--nproc-per-node", "2"])
+    command = torchrun_command(["stage", "train-student", "--lambda", "0.4", "--nproc-per-node", "2"])
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
     assert command[6:] == ["pipeline.cli", "stage", "train-student", "--lambda", "0.4"]
-    assert _torchrun_command(["stage", "train-student"]) is None
+    assert torchrun_command(["stage", "train-student"]) is None
     with pytest.raises(config_io.ConfigError, match="positive process count"):
-        _torchrun_command(["stage", "train-student", "--nproc-per-node", "two"])
+        torchrun_command(["stage", "train-student", "--nproc-per-node", "two"])
     with pytest.raises(config_io.ConfigError, match="applies to"):
-        _torchrun_command(["stage", "prepare", "--nproc-per-node", "2"])
+        torchrun_command(["stage", "prepare", "--nproc-per-node", "2"])
 
 
 def test_distributed_export_equals_single_process_export_key_by_key(exported, tmp_path) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.inspect import verify_store
 from cache.parts import PartedReader
 from cache.store import StoreError, open_store
 from pipeline import config as config_io
 from pipeline.manifest import Entry, read_classes, read_manifest
+from pipeline.stores import verify as verify_store
 from stages import export_embeddings
 
 pytestmark = pytest.mark.slow

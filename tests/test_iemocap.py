@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from test_media import _write_wav
+from test_media import _write_wav, mux_audio, mux_grey_frames
 
 from pipeline.datasets.base import DatasetError
 from pipeline.datasets.iemocap import Iemocap, read_emo_evaluation
@@ -45,16 +44,9 @@ def _write_dialog_avi(path: Path) -> Path:
         video = container.add_stream("mpeg4", rate=SOURCE_FPS)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         times = np.arange(round(DIALOG_SECONDS * 16000)) / 16000
-        tone = (0.2 * np.sin(2 * np.pi * 300 * times) * 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(tone[None], format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 16000, 0
-        container.mux(sound.encode(frame))
-        container.mux(sound.encode(None))
-        for index in range(round(DIALOG_SECONDS * SOURCE_FPS)):
-            image = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 2 * index, dtype=np.uint8), format="rgb24")
-            image.pts, image.time_base = index, Fraction(1, SOURCE_FPS)
-            container.mux(video.encode(image))
-        container.mux(video.encode(None))
+        mux_audio(container, sound, (0.2 * np.sin(2 * np.pi * 300 * times) * 32767).astype(np.int16), 16000)
+        levels = [2 * index for index in range(round(DIALOG_SECONDS * SOURCE_FPS))]
+        mux_grey_frames(container, video, levels, SOURCE_FPS)
     return path
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import config as config_io
-from pipeline import inference, runs
+from pipeline import checkpoints, inference, runs
 from pipeline.manifest import read_manifest
 from pipeline.models.students import STUDENTS
 from stages import infer
@@ -44,21 +44,21 @@ def corpus_files(tiny_run) -> dict[str, Path]:
 
 
 def test_saved_student_is_self_contained(student, tiny_run):
-    loaded = inference.load_student(student)  # the folder works as well as student.pt
+    loaded = checkpoints.load_student(student)  # the folder works as well as student.pt
     assert loaded.class_names == (tiny_run / "run" / "prepare" / "classes.txt").read_text().split()
     assert loaded.spectrogram_params.n_fft == 512 and loaded.spectrogram_params.hop_length == 160
     assert loaded.info["lambda"] == 0.0 and loaded.info["arch"] == "resnet"
     with pytest.raises(FileNotFoundError, match="no student checkpoint"):
-        inference.load_student(tiny_run / "nowhere")
+        checkpoints.load_student(tiny_run / "nowhere")
 
 
 def test_file_inference_matches_stage_3_evaluation(student, tiny_run, corpus_files):
     """The audio of an mp4, cut as stage 0 cuts it, gives exactly what stage 3 evaluated from the shards."""
     from cache.store import open_store
     from pipeline.media import decode_audio
-    from stages.train_student import embed_utterances
+    from pipeline.evaluate import embed_utterances
 
-    loaded = inference.load_student(student)
+    loaded = checkpoints.load_student(student)
     front_end = inference.AudioFrontEnd(loaded.spectrogram_params)
     spectrograms = open_store(runs.find_store(tiny_run / "run" / "prepare", "spectrograms"))
     entries = {e.key: e for e in read_manifest(tiny_run / "run" / "prepare")}
@@ -152,7 +152,7 @@ def test_verify_scores_a_trial_list_of_mp4s(student, corpus_files, tiny_run, tmp
     # The same EER as metrics computed from the embeddings `avl embed` writes.
     from pipeline import metrics
 
-    loaded = inference.load_student(student)
+    loaded = checkpoints.load_student(student)
     embedded = {relative[k]: e for k, (_, e, _) in zip(keys, inference.run_files(loaded, [corpus_files[k] for k in keys]))}
     scores = metrics.cosine_scores(embedded, [(relative[a], relative[b]) for a, b in pairs])
     labels = np.array([int(speaker[a] == speaker[b]) for a, b in pairs])
@@ -236,16 +236,17 @@ def test_a_checkpoint_that_does_not_fit_its_architecture_is_refused(tmp_path):
     import torch
 
     from pipeline.features import SpectrogramParams
-    from pipeline.models.students import StudentSpec, build_student
+    from pipeline.models.spec import ModelSpec
+    from pipeline.models.students import build_student
 
-    saved = build_student(StudentSpec("resnet", True, 4))
-    torch.save({"spec": asdict(StudentSpec("resnet", True, 3)), "class_names": ["a", "b", "c"],
+    saved = build_student(ModelSpec("resnet", True, 4))
+    torch.save({"spec": asdict(ModelSpec("resnet", True, 3)), "class_names": ["a", "b", "c"],
                 "spectrogram": SpectrogramParams().to_dict(), "state_dict": saved.state_dict()}, tmp_path / "s.pt")
-    with pytest.raises(inference.CheckpointError, match="do not fit this code's 'resnet' \\(tiny\\) student"):
-        inference.load_student(tmp_path / "s.pt")
+    with pytest.raises(checkpoints.CheckpointError, match="do not fit this code's 'resnet' \\(tiny\\) student"):
+        checkpoints.load_student(tmp_path / "s.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(inference.CheckpointError, match="not a student checkpoint"):
-        inference.load_student(tmp_path / "other.pt")
+    with pytest.raises(checkpoints.CheckpointError, match="not a student checkpoint"):
+        checkpoints.load_student(tmp_path / "other.pt")
 
 
 @pytest.mark.parametrize("sequential", [False, True], ids=["plain", "sequential"])
@@ -257,12 +258,13 @@ def test_every_registered_student_runs_from_its_checkpoint(arch, sequential, tmp
     import torch
 
     from pipeline.features import SpectrogramParams
-    from pipeline.models.students import StudentSpec, build_student
+    from pipeline.models.spec import ModelSpec
+    from pipeline.models.students import build_student
 
-    spec = StudentSpec(arch, True, 3, sequential=sequential)
+    spec = ModelSpec(arch, True, 3, sequential=sequential)
     torch.save({"spec": asdict(spec), "class_names": ["a", "b", "c"], "spectrogram": SpectrogramParams().to_dict(),
                 "method": "proposed", "lambda": 0.5, "state_dict": build_student(spec).state_dict()}, tmp_path / "s.pt")
-    loaded = inference.load_student(tmp_path / "s.pt")
+    loaded = checkpoints.load_student(tmp_path / "s.pt")
     for n_frames in (50, 230):
         spectrogram = np.random.default_rng(0).normal(size=(n_frames, 257)).astype(np.float32)
         embedding, logits = inference.run_student(loaded, spectrogram)

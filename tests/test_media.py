@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,18 +42,32 @@ def _write_mp4(
         video.options = {"preset": "ultrafast", "crf": "18"}
         if sample_rate is not None:
             audio = container.add_stream("aac", rate=sample_rate, layout="mono")
-            tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * sample_rate)) / sample_rate)
-            frame = av.AudioFrame.from_ndarray(tone[None].astype(np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
-            container.mux(audio.encode(frame))
-            container.mux(audio.encode(None))
-        for index in range(round(seconds * fps)):
-            image = np.full((size, size, 3), (index * 8) % 256, dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = index, Fraction(1, fps)
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
+            mux_audio(container, audio, _tone(seconds, sample_rate), sample_rate)
+        mux_grey_frames(container, video, [(index * 8) % 256 for index in range(round(seconds * fps))], fps)
     return path
+
+
+def _tone(seconds: float, sample_rate: int) -> np.ndarray:
+    """A 0.3-amplitude 440 Hz sine, float32."""
+    return (0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * sample_rate)) / sample_rate)).astype(np.float32)
+
+
+def mux_audio(container: av.container.OutputContainer, stream, samples: np.ndarray, sample_rate: int) -> None:
+    """Encode a whole mono signal (float32, or int16 PCM) as one frame at time 0, then flush the encoder."""
+    sample_format = "s16" if samples.dtype == np.int16 else "fltp"
+    frame = av.AudioFrame.from_ndarray(samples[None], format=sample_format, layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
+    container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def mux_grey_frames(container: av.container.OutputContainer, stream, levels: Iterable[int], fps: int) -> None:
+    """Encode flat grey frames, frame i at level levels[i] (which marks it in a decode), then flush the encoder."""
+    for index, level in enumerate(levels):
+        image = av.VideoFrame.from_ndarray(np.full((stream.height, stream.width, 3), level, np.uint8), format="rgb24")
+        image.pts, image.time_base = index, Fraction(1, fps)
+        container.mux(stream.encode(image))
+    container.mux(stream.encode(None))
 
 
 def _write_wav(path: Path, seconds: float, sample_rate: int, channels: int) -> Path:
@@ -99,17 +114,9 @@ def _write_container(path: Path, container_format: str, video_codec: str | None,
             video = container.add_stream(video_codec, rate=fps)
             video.width = video.height = 32
             video.pix_fmt = "yuv420p"
-        tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * sample_rate)) / sample_rate)
-        frame = av.AudioFrame.from_ndarray(tone[None].astype(np.float32), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = sample_rate, 0
-        container.mux(audio.encode(frame))
-        container.mux(audio.encode(None))
+        mux_audio(container, audio, _tone(seconds, sample_rate), sample_rate)
         if video_codec is not None:
-            for index in range(round(seconds * fps)):
-                image = av.VideoFrame.from_ndarray(np.full((32, 32, 3), index, dtype=np.uint8), format="rgb24")
-                image.pts, image.time_base = index, Fraction(1, fps)
-                container.mux(video.encode(image))
-            container.mux(video.encode(None))
+            mux_grey_frames(container, video, range(round(seconds * fps)), fps)
     return path
 
 
@@ -273,15 +280,8 @@ def _write_noise_av(path: Path, container_format: str, video_codec: str, audio_c
         video = container.add_stream(video_codec, rate=fps)
         video.width = video.height = 32
         video.pix_fmt = "yuv420p"
-        frame = av.AudioFrame.from_ndarray(noise[None], format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = sample_rate, 0
-        container.mux(audio.encode(frame))
-        container.mux(audio.encode(None))
-        for index in range(round(seconds * fps)):
-            image = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 2 * index, dtype=np.uint8), format="rgb24")
-            image.pts, image.time_base = index, Fraction(1, fps)
-            container.mux(video.encode(image))
-        container.mux(video.encode(None))
+        mux_audio(container, audio, noise, sample_rate)
+        mux_grey_frames(container, video, [2 * index for index in range(round(seconds * fps))], fps)
     return path
 
 
@@ -310,11 +310,8 @@ def test_range_of_a_30_fps_avi_is_resampled_by_timestamp(tmp_path: Path) -> None
         video = container.add_stream("mpeg4", rate=30)
         video.width = video.height = 32
         video.pix_fmt = "yuv420p"
-        for index in range(120):  # 4 s, grey level 2 * frame index, keyframes every 12 frames
-            image = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 2 * index, dtype=np.uint8), format="rgb24")
-            image.pts, image.time_base = index, Fraction(1, 30)
-            container.mux(video.encode(image))
-        container.mux(video.encode(None))
+        # 4 s, grey level 2 * frame index, keyframes every 12 frames
+        mux_grey_frames(container, video, [2 * index for index in range(120)], 30)
     with av.open(str(path)) as container:
         source = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     frames = decode_video(path, start=2.5, end=3.0)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.distill import LEVELS, METHODS, build_method, embedding_distance, soft_label_divergence
-from pipeline.models.students import AudioStudent, StudentSpec
+from pipeline.models.spec import ModelSpec
+from pipeline.models.students import AudioStudent
 from pipeline.models.vgg import ConvStackSpec
 
 EMBED, CLASSES, BATCH, N_FREQ, N_FRAMES, TEMPERATURE = 16, 3, 4, 16, 200, 2.0  # 200 frames = 2 segments
@@ -17,7 +18,7 @@ TRUNK = ConvStackSpec((("conv", 4, 3, 2), ("pool", 3, 2)))
 
 def _student(level: str):
     torch.manual_seed(0)
-    spec = StudentSpec("test", tiny=True, num_classes=CLASSES, embed_dim=EMBED, sequential=level != "non-sequential")
+    spec = ModelSpec("test", tiny=True, num_classes=CLASSES, embed_dim=EMBED, sequential=level != "non-sequential")
     return AudioStudent(spec, TRUNK).double()  # float64: the comparisons below are exact up to rounding
 
 

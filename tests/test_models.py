@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from pipeline.models.aggregator import Aggregator
-from pipeline.models.students import STUDENTS, StudentSpec, build_student
-from pipeline.models.teachers import TEACHERS, TeacherSpec, build_teacher, load_initial_weights
+from pipeline.models.spec import ModelSpec
+from pipeline.models.students import STUDENTS, build_student
+from pipeline.models.teachers import TEACHERS, build_teacher, load_initial_weights
 
 
 def _check_backward(model, loss):
@@ -19,7 +20,7 @@ def _check_backward(model, loss):
 @pytest.mark.parametrize("arch", sorted(TEACHERS))
 def test_tiny_teacher(arch, sequential):
     torch.manual_seed(0)
-    model = build_teacher(TeacherSpec(arch, tiny=True, num_classes=5, embed_dim=32, sequential=sequential))
+    model = build_teacher(ModelSpec(arch, tiny=True, num_classes=5, embed_dim=32, sequential=sequential))
     frames = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
     embedding, logits = model(frames)
     assert embedding.shape == (4, 32) and logits.shape == (4, 5)
@@ -37,7 +38,7 @@ def test_tiny_teacher(arch, sequential):
 @pytest.mark.parametrize("arch", sorted(STUDENTS))
 def test_tiny_student_any_length(arch, sequential):
     torch.manual_seed(0)
-    model = build_student(StudentSpec(arch, tiny=True, num_classes=5, embed_dim=32, sequential=sequential))
+    model = build_student(ModelSpec(arch, tiny=True, num_classes=5, embed_dim=32, sequential=sequential))
     for n_frames in (100, 237, 500):
         embedding, logits = model(torch.randn(2, n_frames, 257))
         assert embedding.shape == (2, 32) and logits.shape == (2, 5)
@@ -62,7 +63,7 @@ FULL_SIZE_TEACHER_PARAMETERS = {"vgg16": (14e6, 16e6), "resnet34": (21e6, 22.5e6
 @pytest.mark.parametrize("arch", sorted(TEACHERS))
 def test_full_size_teacher_builds(arch):
     """Built, never trained: the parameter count places it (VGG16 convs 14.7 M, ResNet34 21.3 M)."""
-    model = build_teacher(TeacherSpec(arch, tiny=False, num_classes=10))
+    model = build_teacher(ModelSpec(arch, tiny=False, num_classes=10))
     assert model.embedding.out_features == 512
     low, high = FULL_SIZE_TEACHER_PARAMETERS[arch]
     assert low < sum(p.numel() for p in model.parameters()) < high
@@ -70,7 +71,7 @@ def test_full_size_teacher_builds(arch):
 
 @pytest.mark.parametrize("arch", sorted(STUDENTS))
 def test_full_size_student_builds(arch):
-    model = build_student(StudentSpec(arch, tiny=False, num_classes=10))
+    model = build_student(ModelSpec(arch, tiny=False, num_classes=10))
     assert model.embedding[-1].out_features == 512
     assert 1e6 < sum(p.numel() for p in model.parameters()) < 30e6
 
@@ -80,7 +81,7 @@ def test_teacher_initialises_from_torchvision_style_names():
     import torchvision
 
     reference = torchvision.models.resnet34(weights=None, num_classes=7).state_dict()
-    model = build_teacher(TeacherSpec("resnet34", tiny=False, num_classes=10))
+    model = build_teacher(ModelSpec("resnet34", tiny=False, num_classes=10))
     report = load_initial_weights(model, reference)
     assert "fc.weight" in report["skipped"] and "embedding.weight" in report["missing"]
     assert len(report["loaded"]) == len([k for k in reference if not k.startswith("fc.")])
@@ -89,4 +90,12 @@ def test_teacher_initialises_from_torchvision_style_names():
 
 def test_unknown_architecture_names_the_registered_ones():
     with pytest.raises(ValueError, match="registered"):
-        build_student(StudentSpec("nope", tiny=True, num_classes=2))
+        build_student(ModelSpec("nope", tiny=True, num_classes=2))
+
+
+def test_squeeze_excitation_blocks_keep_torchvision_names():
+    """Saved SE-ResNet weights load by name: torchvision's convN/bnN, plus `se`."""
+    teacher = build_teacher(ModelSpec("seresnet34", tiny=True, num_classes=3)).state_dict()
+    student = build_student(ModelSpec("seresnet", tiny=True, num_classes=3)).state_dict()
+    assert {"trunk.stages.0.0.bn2.weight", "trunk.stages.0.0.se.fc1.weight"} <= set(teacher)
+    assert {"trunk.stages.0.0.bn3.weight", "trunk.stages.0.0.se.fc2.bias"} <= set(student)

@@ -22,7 +22,9 @@ from cache.store import StoreError, open_store
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.cli import app
+from pipeline.data import Crops, RandomFrames
 from pipeline.datasets.base import DatasetError
+from pipeline.folds import fold_entries
 from pipeline.manifest import Entry, write_manifest
 from stages import export_embeddings, protocol, train_student, train_teacher
 
@@ -57,7 +59,7 @@ def recording_training_keys():
     fold (and λ) of the stage run it was yielded in."""
     log, running = {"teacher": [], "student": []}, {}
     teacher_run, student_run = train_teacher.run, train_student.run
-    teacher_item, student_item = train_teacher._RandomFrames.__getitem__, train_student._Crops.__getitem__
+    teacher_item, student_item = RandomFrames.__getitem__, Crops.__getitem__
 
     def fold_of(run_dir: Path) -> int:
         return int(Path(run_dir).name.removeprefix("fold-"))
@@ -81,8 +83,8 @@ def recording_training_keys():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_teacher, "run", run_teacher)
         patch.setattr(train_student, "run", run_student)
-        patch.setattr(train_teacher._RandomFrames, "__getitem__", teacher_getitem)
-        patch.setattr(train_student._Crops, "__getitem__", student_getitem)
+        patch.setattr(RandomFrames, "__getitem__", teacher_getitem)
+        patch.setattr(Crops, "__getitem__", student_getitem)
         yield log
 
 
@@ -195,7 +197,7 @@ def test_fold_manifest_puts_every_utterance_of_the_test_subject_in_test(tmp_path
         folds = adapter.folds()
         assert folds == ([1, 2, 3, 5] if dataset == "ravdess" else [1, 2])
         for fold in folds:
-            entries = protocol.fold_entries(shared, protocol.open_adapter(cfg, fold))
+            entries = fold_entries(shared, protocol.open_adapter(cfg, fold))
             assert [e.key for e in entries] == [e.key for e in shared]
             by_subject = {e.split for e in entries if subject_of(e.key) == fold}
             assert by_subject == {"test"}, (dataset, fold)

@@ -44,14 +44,11 @@ def _expected_windows(n_frames: int) -> list[tuple[int, int]]:
 
 
 def test_cache_holds_one_aggregator_row_per_window(sequential_run):
-    from pipeline.models.teachers import TeacherSpec, build_teacher
+    from pipeline.checkpoints import load_teacher
 
     cache = open_store(runs.embeddings_dir(sequential_run) / "voxceleb.zarr")
     assert cache.attrs["window_seconds"] == WINDOW_SECONDS and cache.attrs["teacher_sequential"] is True
-    checkpoint = torch.load(runs.teacher_checkpoint(sequential_run), weights_only=True)
-    teacher = build_teacher(TeacherSpec(**checkpoint["spec"]))
-    teacher.load_state_dict(checkpoint["state_dict"])
-    teacher.eval()
+    teacher = load_teacher(runs.teacher_checkpoint(sequential_run)).model
     lengths = set()
     for key in cache.keys:
         windows = _expected_windows(cache.length(key, "frames"))

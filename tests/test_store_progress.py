@@ -7,7 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.store import BACKENDS, SUFFIXES, FieldSpec, StoreError, create_store, open_for_append, open_store
+from cache import memory_store
+from cache.store import (
+    BACKENDS,
+    SUFFIXES,
+    FieldSpec,
+    StoreError,
+    create_store,
+    delete_store,
+    open_for_append,
+    open_store,
+)
 from cache.zarr_store import partial_files
 
 FIELDS = [FieldSpec("frames", "float32", (2,), chunk_rows=4096)]
@@ -48,6 +58,8 @@ def test_flush_if_due_commits_on_time(tmp_path: Path, backend: str) -> None:
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_a_killed_create_leaves_nothing_in_the_way(tmp_path: Path, backend: str, monkeypatch) -> None:
+    if backend == "memory":
+        pytest.skip("checks the files a killed create leaves on disk; an in-memory store writes none")
     path = tmp_path / f"s{SUFFIXES[backend]}"
 
     def killed(self, meta):
@@ -64,6 +76,26 @@ def test_a_killed_create_leaves_nothing_in_the_way(tmp_path: Path, backend: str,
         writer.mark_complete()
     assert open_store(path).attrs == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_killed_create_of_an_in_memory_store_leaves_nothing_in_the_way(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "s.mem"
+
+    def killed(self, meta):
+        raise KeyboardInterrupt("killed while creating")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BACKENDS["memory"], "write_meta", killed)
+        with pytest.raises(KeyboardInterrupt):
+            create_store(path, FIELDS, {}, backend="memory")
+    assert not memory_store.holds(path) and memory_store.holds(tmp_path / ".s.mem.creating")
+    with create_store(path, FIELDS, {"v": 1}, backend="memory") as writer:
+        writer.write("a", item(1))
+        writer.mark_complete()
+    assert open_store(path).attrs == {"v": 1}
+    assert not memory_store.holds(tmp_path / ".s.mem.creating") and list(tmp_path.iterdir()) == []
+    delete_store(path)
+    assert not memory_store.holds(path)
 
 
 def test_resume_removes_temporary_files_of_killed_zarr_writes(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import config as config_io
 from pipeline import runs
+from pipeline.cells import cell_dir, grid
 from stages import sweep, train_student
 
 
@@ -20,7 +21,7 @@ def _config(run_dir: Path, **values) -> sweep.SweepConfig:
 
 def test_grid_trains_lambda_zero_once_per_arch_and_seed():
     cfg = sweep.SweepConfig(lambdas=(0.0, 0.4, 1.0), methods=("proposed", "other"), archs=("resnet",), seeds=(0, 1))
-    cells = sweep.grid(cfg)
+    cells = grid(cfg)
     assert [c.cell_id for c in cells[:5]] == [
         "none-resnet-lambda0-seed0", "proposed-resnet-lambda0.4-seed0", "proposed-resnet-lambda1-seed0",
         "other-resnet-lambda0.4-seed0", "other-resnet-lambda1-seed0"]
@@ -29,12 +30,12 @@ def test_grid_trains_lambda_zero_once_per_arch_and_seed():
 
 def test_levels_axis_names_cells_only_when_not_the_default():
     default = sweep.SweepConfig(lambdas=(0.0, 0.4), seeds=(0,))
-    assert [c.cell_id for c in sweep.grid(default)] == ["none-resnet-lambda0-seed0", "proposed-resnet-lambda0.4-seed0"]
+    assert [c.cell_id for c in grid(default)] == ["none-resnet-lambda0-seed0", "proposed-resnet-lambda0.4-seed0"]
     cfg = sweep.SweepConfig(lambdas=(0.0, 0.4), levels=("non-sequential", "encoder"), seeds=(0,))
-    assert [c.cell_id for c in sweep.grid(cfg)] == [
+    assert [c.cell_id for c in grid(cfg)] == [
         "none-resnet-lambda0-seed0", "proposed-resnet-lambda0.4-seed0",  # the names a one-level sweep gives
         "none-resnet-encoder-lambda0-seed0", "proposed-resnet-encoder-lambda0.4-seed0"]
-    assert sweep.cell_config(cfg, sweep.grid(cfg)[3]).level == "encoder"
+    assert sweep.cell_config(cfg, grid(cfg)[3]).level == "encoder"
     assert not default.shows_level and cfg.shows_level
 
 
@@ -51,7 +52,7 @@ def test_config_errors_name_the_problem(tmp_path):
         _config(tmp_path, student_options=["lam=0.3"])
     with pytest.raises(config_io.ConfigError, match="not key=value"):
         _config(tmp_path, student_options=["lr_max"])
-    assert sweep.parse_student_options(("lr_max = 2e-3", "distance=cosine", "target='utterance-peak'")) == {
+    assert config_io.parse_options(("lr_max = 2e-3", "distance=cosine", "target='utterance-peak'")) == {
         "lr_max": 2e-3, "distance": "cosine", "target": "utterance-peak"}
     # Unknown methods, architectures and keys are stage 3's to reject, before any cell trains.
     for bad, message in ((dict(methods=["nope"]), "unknown method"), (dict(archs=["nope"]), "unknown arch"),
@@ -68,8 +69,8 @@ def test_finished_cells_are_skipped_and_unfinished_ones_resumed(tmp_path, monkey
     (run_dir / "prepare").mkdir(parents=True)
     (run_dir / "prepare" / "manifest.tsv").write_text("key\tlabel\tsplit\tn_video_frames\tseconds\tsource\n")
     cfg = _config(run_dir)
-    cells = sweep.grid(cfg)  # seed 0: λ 0, 0.5; seed 1: λ 0, 0.5
-    finished, unfinished = sweep.cell_dir(cfg, cells[0]), sweep.cell_dir(cfg, cells[2])
+    cells = grid(cfg)  # seed 0: λ 0, 0.5; seed 1: λ 0, 0.5
+    finished, unfinished = cell_dir(cfg, cells[0]), cell_dir(cfg, cells[2])
     finished.mkdir(parents=True)
     config_io.save(sweep.cell_config(cfg, cells[0]), finished / "config.toml")
     runs.write_json(finished / "metrics.json", {"identification": {"top1": 0.5}, "history": [{"val_accuracy": 0.4}]})
@@ -155,7 +156,7 @@ def test_real_sweep_on_the_tiny_run(tiny_run):
     out = sweep.run(cfg)
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert sorted(r["cell"] for r in rows) == sorted(c.cell_id for c in sweep.grid(cfg))
+    assert sorted(r["cell"] for r in rows) == sorted(c.cell_id for c in grid(cfg))
     assert all(0.0 <= float(r["top1"]) <= 1.0 for r in rows)
     report = (out / "report.md").read_text()
     assert "## Students without and with distillation" in report and "video teacher" in report

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.datasets.synthetic import SynthConfig, synthesize
+from pipeline.datasets.synthetic.voice import HOP, N_FFT, istft, stft
 from pipeline.datasets.voxceleb import VoxCeleb, read_iden_split, read_trials
 from pipeline.media import decode_audio, load_audio_visual, probe
 
@@ -106,3 +107,26 @@ def test_config_is_checked() -> None:
         SynthConfig(utterances_per_speaker=3)
     with pytest.raises(ValueError, match="n_trials"):
         SynthConfig(n_verification_speakers=1, n_trials=10)
+
+
+@pytest.mark.parametrize("length", [N_FFT, 16000, 16000 + 77])
+def test_torch_stft_reconstructs_perfectly(length: int) -> None:
+    """The voice filters rely on stft -> istft being the identity and on one frame per hop (centred frames)."""
+    signal = np.random.default_rng(length).standard_normal(length)
+    spectrum = stft(signal)
+    assert spectrum.shape == (N_FFT // 2 + 1, length // HOP + 1)
+    assert np.abs(istft(spectrum, length) - signal).max() < 1e-10
+
+
+def test_stft_gain_shapes_the_spectrum_as_intended() -> None:
+    """A gain over (frequency, frame) scales what it should: low-pass keeps 300 Hz, drops 3 kHz, per frame."""
+    rate = 16000
+    times = np.arange(rate) / rate
+    low, high = np.sin(2 * np.pi * 300 * times), np.sin(2 * np.pi * 3000 * times)
+    spectrum = stft(np.stack([low + high]))[0]
+    frequencies = np.fft.rfftfreq(N_FFT, 1.0 / rate)
+    low_pass = (frequencies < 1000)[:, None] * np.ones(spectrum.shape[1])
+    interior = slice(N_FFT, -N_FFT)  # reflect padding adds broadband content within a frame of either end
+    assert np.abs((istft(spectrum * low_pass, rate) - low)[interior]).max() < 1e-3
+    halved = np.full(spectrum.shape, 0.5)
+    assert np.abs(istft(spectrum * halved, rate) - 0.5 * (low + high)).max() < 1e-10

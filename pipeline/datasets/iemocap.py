@@ -18,11 +18,12 @@ from pathlib import Path
 
 from pipeline.datasets.base import (
     DatasetError,
-    Trial,
+    FoldedCorpus,
     Utterance,
     attach_boxes,
     count_by,
     is_hidden,
+    next_in_cycle,
     no_video_error,
 )
 
@@ -156,7 +157,7 @@ def scan_iemocap(root: Path) -> _Scan:
     return _Scan(turns, sessions, videos, audio)
 
 
-class Iemocap:
+class Iemocap(FoldedCorpus):
     """IEMOCAP, 4 classes (neutral, happy+excited, angry, sad), 5 folds by session.
 
     fold: the session (1-5) held out as test. Validation is one speaker of the next session present,
@@ -167,6 +168,11 @@ class Iemocap:
 
     name = "iemocap"
     options = ("fold", "include_scripted", "audio_only_ok", "boxes_dir")
+    title = "IEMOCAP"
+    fold_protocol = "folds by session"
+    fold_unit = "session"
+    fold_numbers = SESSIONS
+    scan_root = staticmethod(scan_iemocap)
 
     def __init__(
         self,
@@ -178,31 +184,12 @@ class Iemocap:
         audio_only_ok: bool = False,
         boxes_dir: Path | None = None,
     ):
-        for given, what in ((split_file, "split_file"), (trials_file, "trials_file")):
-            if given is not None:
-                raise DatasetError(f"{given}: IEMOCAP takes no {what}; its splits are folds by session")
-        if fold is not None and int(fold) not in SESSIONS:
-            raise DatasetError(f"IEMOCAP fold is the held-out session, 1-5; got {fold}")
-        self.root = Path(root)
-        self.fold = None if fold is None else int(fold)
+        super().__init__(root, split_file, trials_file, fold, audio_only_ok, boxes_dir)
         self.include_scripted = include_scripted
-        self.audio_only_ok = audio_only_ok
-        self.boxes_dir = boxes_dir
-        self._scan: _Scan | None = None
-        self._utterances: list[Utterance] | None = None
 
     def classes(self) -> list[str]:
         """The 4 protocol classes in a fixed order."""
         return list(CLASSES)
-
-    def trials(self) -> list[Trial]:
-        """IEMOCAP has no verification trials."""
-        return []
-
-    def _scanned(self) -> _Scan:
-        if self._scan is None:
-            self._scan = scan_iemocap(self.root)
-        return self._scan
 
     def _kept_turns(self) -> list[Turn]:
         """Turns of the 4 classes (and of the chosen dialog kinds)."""
@@ -228,7 +215,7 @@ class Iemocap:
             )
         if len(sessions) < 2:
             return [self.fold], []
-        following = sessions[(sessions.index(self.fold) + 1) % len(sessions)]
+        following = next_in_cycle(sessions, self.fold)
         return [self.fold], [f"Ses{following:02d}{'F' if self.fold % 2 else 'M'}"]
 
     def utterances(self) -> list[Utterance]:
@@ -262,13 +249,11 @@ class Iemocap:
             self._utterances = attach_boxes(utterances, self.boxes_dir)
         return self._utterances
 
-    def describe(self) -> dict:
-        """Protocol, fold, class mapping, counts and what is missing; works even when utterances() would fail."""
+    def _protocol_summary(self) -> dict:
+        """Protocol, fold, class mapping, options, sessions and what is missing or dropped."""
         scan = self._scanned()
         kept = self._kept_turns()
-        summary = {
-            "dataset": self.name,
-            "root": str(self.root),
+        return {
             "protocol": "leave-one-session-out (5 folds)" if self.fold is not None else "no fold: all train",
             "fold": self.fold,
             "classes": self.classes(),
@@ -284,20 +269,17 @@ class Iemocap:
                 "turns_without_audio": sum(not scan.audio[turn.name].is_file() for turn in kept),
             },
         }
-        try:
-            utterances = self.utterances()
-        except DatasetError as error:
-            summary["error"] = str(error)
-            return summary
+
+    def _counts(self, utterances: list[Utterance]) -> dict:
+        """The fold's test sessions and val speakers and the counts by split, class and speaker."""
         test, val = self.fold_speakers()
-        summary.update(
-            test_sessions=[f"Session{number}" for number in test],
-            val_speakers=val,
-            counts={
+        return {
+            "test_sessions": [f"Session{number}" for number in test],
+            "val_speakers": val,
+            "counts": {
                 "utterances": len(utterances),
                 "by_split": count_by(u.split for u in utterances),
                 "by_class": count_by(u.label for u in utterances),
                 "by_speaker": count_by(u.speaker for u in utterances),
             },
-        )
-        return summary
+        }

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from pipeline.datasets.base import (
     DatasetError,
-    Trial,
+    FoldedCorpus,
     Utterance,
     attach_boxes,
     count_by,
     is_hidden,
+    next_in_cycle,
     no_video_error,
 )
 
@@ -139,7 +140,7 @@ def scan_ravdess(root: Path) -> _Scan:
     return _Scan(files, codes, ignored)
 
 
-class Ravdess:
+class Ravdess(FoldedCorpus):
     """RAVDESS emotion corpus: labels from filenames, leave-one-actor-out folds.
 
     fold: the actor (1-24) held out as test; val is the next actor present, cyclically, when at least
@@ -148,6 +149,11 @@ class Ravdess:
 
     name = "ravdess"
     options = ("fold", "classes", "include_song", "audio_only_ok", "boxes_dir")
+    title = "RAVDESS"
+    fold_protocol = "leave-one-actor-out folds"
+    fold_unit = "actor"
+    fold_numbers = range(1, 25)
+    scan_root = staticmethod(scan_ravdess)
 
     def __init__(
         self,
@@ -160,22 +166,12 @@ class Ravdess:
         audio_only_ok: bool = False,
         boxes_dir: Path | None = None,
     ):
-        for given, what in ((split_file, "split_file"), (trials_file, "trials_file")):
-            if given is not None:
-                raise DatasetError(f"{given}: RAVDESS takes no {what}; its splits are leave-one-actor-out folds")
+        super().__init__(root, split_file, trials_file, fold, audio_only_ok, boxes_dir)
         classes = str(classes)
         if classes not in CLASS_SETS:
             raise DatasetError(f"RAVDESS classes must be one of {sorted(CLASS_SETS)}, got {classes!r}")
-        if fold is not None and not 1 <= int(fold) <= 24:
-            raise DatasetError(f"RAVDESS fold is the held-out actor, 1-24; got {fold}")
-        self.root = Path(root)
-        self.fold = None if fold is None else int(fold)
         self.class_set = classes
         self.include_song = include_song
-        self.audio_only_ok = audio_only_ok
-        self.boxes_dir = boxes_dir
-        self._scan: _Scan | None = None
-        self._utterances: list[Utterance] | None = None
 
     def classes(self) -> list[str]:
         """The protocol's class names in a fixed order (classes absent from the files included)."""
@@ -184,15 +180,6 @@ class Ravdess:
     def class_of(self, emotion: str) -> str:
         """The class of an emotion: itself, or neutral for calm in the 7-class protocol."""
         return "neutral" if self.class_set == "7" and emotion == "calm" else emotion
-
-    def trials(self) -> list[Trial]:
-        """RAVDESS has no verification trials."""
-        return []
-
-    def _scanned(self) -> _Scan:
-        if self._scan is None:
-            self._scan = scan_ravdess(self.root)
-        return self._scan
 
     def _pairs(self) -> tuple[list[Utterance], dict[str, list[str]]]:
         """Every utterance the options keep (split not yet set), and the keys each problem excluded."""
@@ -228,7 +215,7 @@ class Ravdess:
             )
         if len(actors) < 3:
             return [test], []  # with two actors, a validation actor would leave nothing to train on
-        return [test], [actors[(actors.index(test) + 1) % len(actors)]]
+        return [test], [next_in_cycle(actors, test)]
 
     def folds(self) -> list[int]:
         """The folds this corpus has: every actor with a usable clip (the number of its `Actor_NN` folder)."""
@@ -250,13 +237,11 @@ class Ravdess:
             self._utterances = attach_boxes(kept, self.boxes_dir)
         return self._utterances
 
-    def describe(self) -> dict:
-        """Protocol, fold, class mapping, counts and what is missing; works even when utterances() would fail."""
-        kept, excluded = self._pairs()
+    def _protocol_summary(self) -> dict:
+        """Protocol, fold, class mapping, options, files found and what is missing or excluded."""
+        _, excluded = self._pairs()
         scan = self._scanned()
-        summary = {
-            "dataset": self.name,
-            "root": str(self.root),
+        return {
             "protocol": "leave-one-actor-out" if self.fold is not None else "no fold: all train",
             "fold": self.fold,
             "classes": self.classes(),
@@ -269,21 +254,18 @@ class Ravdess:
             "missing": {"no_video": len(excluded["audio_only"]), "no_audio": len(excluded["video_only_without_audio"])},
             "ignored_files": {"count": len(scan.ignored), "examples": [str(path) for path in scan.ignored[:5]]},
         }
-        try:
-            utterances = self.utterances()
-        except DatasetError as error:
-            summary["error"] = str(error)
-            return summary
+
+    def _counts(self, utterances: list[Utterance]) -> dict:
+        """The fold's test and val actors and the counts by split, class and actor."""
         test, val = self._fold_actors(sorted({u.speaker for u in utterances}))
-        summary.update(
-            test_actors=test,
-            val_actors=val,
-            counts={
+        return {
+            "test_actors": test,
+            "val_actors": val,
+            "counts": {
                 "utterances": len(utterances),
                 "with_video": sum(u.video_path is not None for u in utterances),
                 "by_split": count_by(u.split for u in utterances),
                 "by_class": count_by(u.label for u in utterances),
                 "by_actor": count_by(u.speaker for u in utterances),
             },
-        )
-        return summary
+        }

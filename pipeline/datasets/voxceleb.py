@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.datasets.base import (
+    Adapter,
     DatasetError,
     Trial,
     Utterance,
@@ -137,7 +138,7 @@ def split_per_speaker(utterances: list[Utterance], seed: int = 0) -> list[Uttera
     return [replace(utterance, split=splits[utterance.key]) for utterance in utterances]
 
 
-class VoxCeleb:
+class VoxCeleb(Adapter):
     """VoxCeleb1-style dataset: utterances from the media trees, splits and trials from the official lists.
 
     split "official": iden_split.txt (split_file, else <root>/iden_split.txt; without one every
@@ -221,15 +222,13 @@ class VoxCeleb:
                 raise DatasetError(f"{where}: key {key} is not an utterance under {self.root}")
         return [trial for _, trial in numbered]
 
-    def describe(self) -> dict:
-        """Protocol, split, counts and what is missing; works even when utterances() would fail."""
+    def _protocol_summary(self) -> dict:
+        """Protocol, split and trial files, options and what is missing."""
         scanned = self._scan()
         split_file = self.split_file
         if split_file is None and (self.root / "iden_split.txt").is_file():
             split_file = self.root / "iden_split.txt"
-        summary = {
-            "dataset": self.name,
-            "root": str(self.root),
+        return {
             "protocol": "identification + verification",
             "split": self.split,
             "split_file": str(split_file) if self.split == "official" and split_file else None,
@@ -238,15 +237,14 @@ class VoxCeleb:
             "audio_only_ok": self.audio_only_ok,
             "missing": {"no_video": sum(u.video_path is None for u in scanned)},
         }
-        try:
-            utterances = self.utterances()
-        except DatasetError as error:
-            summary["error"] = str(error)
-            return summary
-        summary["counts"] = {
-            "utterances": len(utterances),
-            "speakers": len({u.label for u in utterances}),
-            "classes": len(self.classes()),
-            "by_split": count_by(u.split for u in utterances),
+
+    def _counts(self, utterances: list[Utterance]) -> dict:
+        """Counts of utterances, speakers, classes and splits."""
+        return {
+            "counts": {
+                "utterances": len(utterances),
+                "speakers": len({u.label for u in utterances}),
+                "classes": len(self.classes()),
+                "by_split": count_by(u.split for u in utterances),
+            }
         }
-        return summary

@@ -16,8 +16,12 @@ def _squeeze_excitation(channels: int) -> SqueezeExcitation:
     return SqueezeExcitation(channels, max(channels // SE_REDUCTION, 4))
 
 
-class SEBasicBlock(BasicBlock):
-    """torchvision's BasicBlock with squeeze-and-excitation on the residual branch, before the addition."""
+class SqueezeExcited:
+    """Mixin for a torchvision residual block: squeeze-and-excitation on the residual branch, before the addition.
+
+    The branch is the block's own conv1/bn1 … convN/bnN (N = `branch_depth`), ReLU between them."""
+
+    branch_depth: int
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__(inplanes, planes, stride, downsample)
@@ -25,24 +29,23 @@ class SEBasicBlock(BasicBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.se(self.bn2(self.conv2(out)))
+        out = x
+        for index in range(1, self.branch_depth + 1):
+            out = getattr(self, f"bn{index}")(getattr(self, f"conv{index}")(out))
+            out = self.se(out) if index == self.branch_depth else self.relu(out)
         return self.relu(out + identity)
 
 
-class SEBottleneck(Bottleneck):
-    """torchvision's 1×1-3×3-1×1 Bottleneck with squeeze-and-excitation before the addition."""
+class SEBasicBlock(SqueezeExcited, BasicBlock):
+    """torchvision's BasicBlock (3×3-3×3) with squeeze-and-excitation."""
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__(inplanes, planes, stride, downsample)
-        self.se = _squeeze_excitation(planes * self.expansion)
+    branch_depth = 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.se(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
+
+class SEBottleneck(SqueezeExcited, Bottleneck):
+    """torchvision's 1×1-3×3-1×1 Bottleneck with squeeze-and-excitation."""
+
+    branch_depth = 3
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck, "se-basic": SEBasicBlock, "se-bottleneck": SEBottleneck}

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from pipeline.features import SEGMENT_SPEC_FRAMES
 from pipeline.models.aggregator import Aggregator
 from pipeline.models.resnet import TrunkSpec
+from pipeline.models.spec import ModelSpec, Trunks, trunk_for
 from pipeline.models.vgg import ConvStackSpec
-
-
-@dataclass(frozen=True)
-class StudentSpec:
-    """Everything needed to rebuild a student from its checkpoint."""
-
-    arch: str
-    tiny: bool
-    num_classes: int
-    embed_dim: int = 512
-    sequential: bool = False
 
 
 class AudioStudent(nn.Module):
@@ -31,7 +19,7 @@ class AudioStudent(nn.Module):
     → (B, D), the head reads that. A partial last second is dropped; inputs under 1 s are one segment.
     """
 
-    def __init__(self, spec: StudentSpec, trunk):
+    def __init__(self, spec: ModelSpec, trunk):
         super().__init__()
         self.spec = spec
         self.trunk = trunk.build()
@@ -79,24 +67,17 @@ TINY_VGG_STUDENT_LAYERS = (
     ("conv", 16, 7, 2), ("pool", 3, 2), ("conv", 32, 5, 2), ("pool", 3, 2),
     ("conv", 48, 3, 1), ("conv", 32, 3, 1), ("conv", 32, 3, 1), ("pool", (5, 3), (3, 2)),
 )
-STUDENT_TRUNKS = {
-    "vgg": {False: ConvStackSpec(VGG_STUDENT_LAYERS), True: ConvStackSpec(TINY_VGG_STUDENT_LAYERS)},
+STUDENTS = {
+    "vgg": Trunks(ConvStackSpec(VGG_STUDENT_LAYERS), ConvStackSpec(TINY_VGG_STUDENT_LAYERS)),
     # Paper Table 2: 7×7 stem and 1×1-3×3-1×1 bottleneck blocks.
-    "resnet": {
-        False: TrunkSpec("bottleneck", (3, 4, 6, 3), (32, 64, 128, 256), in_channels=1),
-        True: TrunkSpec("bottleneck", (1, 1, 1, 1), (16, 32, 48, 64), in_channels=1),
-    },
+    "resnet": Trunks(TrunkSpec("bottleneck", (3, 4, 6, 3), (32, 64, 128, 256), in_channels=1),
+                     TrunkSpec("bottleneck", (1, 1, 1, 1), (16, 32, 48, 64), in_channels=1)),
     # Paper Table 3: the same with squeeze-and-excitation in every block.
-    "seresnet": {
-        False: TrunkSpec("se-bottleneck", (3, 4, 6, 3), (32, 64, 128, 256), in_channels=1),
-        True: TrunkSpec("se-bottleneck", (1, 1, 1, 1), (16, 32, 48, 64), in_channels=1),
-    },
+    "seresnet": Trunks(TrunkSpec("se-bottleneck", (3, 4, 6, 3), (32, 64, 128, 256), in_channels=1),
+                       TrunkSpec("se-bottleneck", (1, 1, 1, 1), (16, 32, 48, 64), in_channels=1)),
 }
-STUDENTS = {name: AudioStudent for name in STUDENT_TRUNKS}
 
 
-def build_student(spec: StudentSpec) -> AudioStudent:
+def build_student(spec: ModelSpec) -> AudioStudent:
     """A student from its spec; unknown architectures name the registered ones."""
-    if spec.arch not in STUDENTS:
-        raise ValueError(f"unknown student architecture {spec.arch!r}; registered: {sorted(STUDENTS)}")
-    return STUDENTS[spec.arch](spec, STUDENT_TRUNKS[spec.arch][spec.tiny])
+    return AudioStudent(spec, trunk_for(STUDENTS, spec, "student"))

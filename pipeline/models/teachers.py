@@ -6,29 +6,17 @@ per-segment means of frame embeddings (Eq. 6), the 2×BiLSTM + attention aggrega
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from pipeline.models.aggregator import Aggregator
 from pipeline.models.resnet import TrunkSpec
+from pipeline.models.spec import ModelSpec, Trunks, trunk_for
 from pipeline.models.vgg import Vgg16Spec
 
 # Face crops arrive as uint8 RGB; the teacher normalises them itself so every caller feeds raw frames.
 PIXEL_MEAN = (0.5, 0.5, 0.5)
 PIXEL_STD = (0.25, 0.25, 0.25)
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """Everything needed to rebuild a teacher from its checkpoint."""
-
-    arch: str
-    tiny: bool
-    num_classes: int
-    embed_dim: int = 512
-    sequential: bool = False
 
 
 class FrameTeacher(nn.Module):
@@ -37,7 +25,7 @@ class FrameTeacher(nn.Module):
     With `spec.sequential`, the head reads the aggregator's output over segment embeddings instead.
     """
 
-    def __init__(self, spec: TeacherSpec, trunk):
+    def __init__(self, spec: ModelSpec, trunk):
         super().__init__()
         self.spec = spec
         self.trunk = trunk.build()
@@ -77,25 +65,19 @@ class FrameTeacher(nn.Module):
         return aggregate, self.head(aggregate)
 
 
-TEACHER_TRUNKS = {
-    "vgg16": {False: Vgg16Spec(), True: Vgg16Spec((16, "M", 32, "M", 64, "M", 128, "M"))},
-    "resnet34": {
-        False: TrunkSpec("basic", (3, 4, 6, 3), (64, 128, 256, 512)),
-        True: TrunkSpec("basic", (1, 1, 1, 1), (16, 32, 64, 128)),
-    },
-    "seresnet34": {  # ResNet34 with torchvision.ops.SqueezeExcitation in every block
-        False: TrunkSpec("se-basic", (3, 4, 6, 3), (64, 128, 256, 512)),
-        True: TrunkSpec("se-basic", (1, 1, 1, 1), (16, 32, 64, 128)),
-    },
+TEACHERS = {
+    "vgg16": Trunks(Vgg16Spec(), Vgg16Spec((16, "M", 32, "M", 64, "M", 128, "M"))),
+    "resnet34": Trunks(TrunkSpec("basic", (3, 4, 6, 3), (64, 128, 256, 512)),
+                       TrunkSpec("basic", (1, 1, 1, 1), (16, 32, 64, 128))),
+    # ResNet34 with torchvision.ops.SqueezeExcitation in every block
+    "seresnet34": Trunks(TrunkSpec("se-basic", (3, 4, 6, 3), (64, 128, 256, 512)),
+                         TrunkSpec("se-basic", (1, 1, 1, 1), (16, 32, 64, 128))),
 }
-TEACHERS = {name: FrameTeacher for name in TEACHER_TRUNKS}
 
 
-def build_teacher(spec: TeacherSpec) -> FrameTeacher:
+def build_teacher(spec: ModelSpec) -> FrameTeacher:
     """A teacher from its spec; unknown architectures name the registered ones."""
-    if spec.arch not in TEACHERS:
-        raise ValueError(f"unknown teacher architecture {spec.arch!r}; registered: {sorted(TEACHERS)}")
-    return TEACHERS[spec.arch](spec, TEACHER_TRUNKS[spec.arch][spec.tiny])
+    return FrameTeacher(spec, trunk_for(TEACHERS, spec, "teacher"))
 
 
 def _from_torchvision_names(state: dict) -> dict:

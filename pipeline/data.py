@@ -1,0 +1,192 @@
+"""The torch Datasets of stages 1-3 and the readers of a crop's cached teacher target.
+
+Every Dataset takes store paths and opens them lazily, once per DataLoader worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache.store import StoreError, open_store
+from pipeline.features import (
+    SEGMENT_VIDEO_FRAMES,
+    SPEC_FRAMES_PER_SECOND,
+    Crop,
+    n_segments,
+    random_crop,
+    repeat_pad,
+    segment_means,
+)
+from pipeline.manifest import Entry
+
+
+def _crop_peak(cache, key: str, crop: Crop, n_video_frames: int) -> np.ndarray:
+    first, last = crop.video_range
+    frame_prob = cache.read(key, "frame_prob", first, last)
+    peak = first + int(frame_prob.argmax())  # Eq. 4 restricted to the frames the crop covers
+    return cache.read(key, "frames", peak, peak + 1)[0]
+
+
+def _crop_segments(cache, key: str, crop: Crop, n_video_frames: int) -> np.ndarray:
+    """The teacher's segment means of the crop's segments, (S, D) (Eq. 6)."""
+    first, stop = crop.start_segment, crop.start_segment + crop.n_segments
+    if stop * SEGMENT_VIDEO_FRAMES <= n_video_frames:
+        return cache.read(key, "segments", first, stop)
+    # a repeat-padded crop: the frames tiled as its spectrogram rows are (4 rows per frame), then averaged
+    frames = repeat_pad(cache.read(key, "frames").astype(np.float32), crop.n_segments * SEGMENT_VIDEO_FRAMES)
+    return segment_means(frames)
+
+
+def _window_row(field: str):
+    def read(cache, key: str, crop: Crop, n_video_frames: int) -> np.ndarray:
+        return cache.read(key, field, crop.start_segment, crop.start_segment + 1)[0]  # window w starts at segment w
+    return read
+
+
+# The cached target of a crop, by kind (what a method and level need: Method.target_kind).
+TARGET_READERS = {
+    "crop-peak": _crop_peak,
+    "utterance-peak": lambda cache, key, crop, n_video_frames: cache.read(key, "peak"),
+    "segments": _crop_segments,
+    "aggregator": _window_row("aggregator"),
+    "soft": lambda cache, key, crop, n_video_frames: cache.read(key, "soft"),
+    "window-soft": _window_row("window_soft"),
+}
+TARGET_FIELDS = {"crop-peak": "frame_prob", "utterance-peak": "peak", "segments": "segments",
+                 "aggregator": "aggregator", "soft": "soft", "window-soft": "window_soft"}
+WINDOW_TARGETS = ("aggregator", "window-soft")  # written only by a sequential teacher, one row per window
+
+
+class Crops(torch.utils.data.Dataset):
+    """Item = a random crop on the 1 s grid (repeat-padded), its class, and its cached target (TARGET_READERS).
+
+    `spectrograms` and `cache` are store paths, opened lazily once per DataLoader worker, or objects with the
+    store's `read` (the benchmark's in-memory copies).
+    """
+
+    def __init__(self, entries: list[Entry], labels: list[int], spectrograms, cache, crop_seconds: int,
+                 target: str | None):
+        self.entries, self.labels, self.crop_seconds, self.target = entries, labels, crop_seconds, target
+        self.sources = (spectrograms, cache)
+        self.spectrograms = self.cache = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int):
+        if self.spectrograms is None:
+            self.spectrograms, self.cache = (open_store(source) if isinstance(source, (str, Path)) else source
+                                             for source in self.sources)
+        entry = self.entries[index]
+        crop = random_crop(entry.n_video_frames, self.crop_seconds)
+        spectrogram = self.spectrograms.read(entry.key, "spectrogram", *crop.spec_range)
+        spectrogram = repeat_pad(spectrogram, self.crop_seconds * SPEC_FRAMES_PER_SECOND).astype(np.float32)
+        if self.cache is None:
+            target = np.zeros(0, dtype=np.float32)
+        else:
+            target = TARGET_READERS[self.target](self.cache, entry.key, crop, entry.n_video_frames).astype(np.float32)
+        return torch.from_numpy(spectrogram), self.labels[index], torch.from_numpy(target)
+
+
+class RandomFrames(torch.utils.data.Dataset):
+    """Item = k random face frames of one utterance (fresh draw every epoch) and its class."""
+
+    def __init__(self, store_path: Path, keys: list[str], labels: list[int], frames_per_utterance: int):
+        self.store_path, self.keys, self.labels, self.k = store_path, keys, labels, frames_per_utterance
+        self.store = None  # opened lazily, once per DataLoader worker
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int):
+        if self.store is None:
+            self.store = open_store(self.store_path)
+        key = self.keys[index]
+        n_frames = self.store.length(key, "frames")
+        picks = torch.randint(0, n_frames, (self.k,)).numpy()
+        frames = self.store.read(key, "frames")[picks]  # (k, H, W, 3)
+        if torch.rand(()) < 0.5:
+            frames = frames[:, :, ::-1]  # horizontal flip
+        return torch.from_numpy(np.ascontiguousarray(frames)), self.labels[index]
+
+
+def collate_frames(items):
+    """RandomFrames items → (B·k, H, W, 3) frames and a label per frame."""
+    frames = torch.cat([frames for frames, _ in items])  # (B·k, H, W, 3)
+    labels = torch.tensor([label for _, label in items]).repeat_interleave(items[0][0].shape[0])
+    return frames, labels
+
+
+class RandomWindows(RandomFrames):
+    """Item = a random window on the 1 s grid: k random frames of each of its S segments, (S, k, H, W, 3).
+
+    Utterances shorter than the window repeat their segments (as student crops repeat-pad)."""
+
+    def __init__(self, store_path: Path, keys: list[str], labels: list[int], window_seconds: int,
+                 frames_per_segment: int):
+        super().__init__(store_path, keys, labels, frames_per_segment)
+        self.window_seconds = window_seconds
+
+    def __getitem__(self, index: int):
+        if self.store is None:
+            self.store = open_store(self.store_path)
+        key = self.keys[index]
+        n_frames = self.store.length(key, "frames")
+        crop = random_crop(n_frames, self.window_seconds)
+        segments = (crop.start_segment + torch.arange(crop.n_segments)) % n_segments(n_frames)  # (S,)
+        first = segments * SEGMENT_VIDEO_FRAMES
+        length = torch.clamp(n_frames - first, max=SEGMENT_VIDEO_FRAMES)  # a partial last segment is shorter
+        picks = first[:, None] + (torch.rand(len(segments), self.k) * length[:, None]).long()  # (S, k)
+        start, stop = int(picks.min()), int(picks.max()) + 1
+        frames = self.store.read(key, "frames", start, stop)[(picks - start).numpy()]  # (S, k, H, W, 3)
+        if torch.rand(()) < 0.5:
+            frames = frames[:, :, :, ::-1]  # horizontal flip
+        return torch.from_numpy(np.ascontiguousarray(frames)), self.labels[index]
+
+
+def collate_windows(items):
+    """RandomWindows items → (B, S, k, H, W, 3) windows and a label per window."""
+    return torch.stack([frames for frames, _ in items]), torch.tensor([label for _, label in items])
+
+
+def teacher_groups(entries: list[Entry], batch_frames: int) -> list[list[str]]:
+    """Keys in manifest order, cut into groups of whole utterances of at least `batch_frames` frames.
+
+    A pure function of the manifest (the last group may be smaller): a resumed export feeds the
+    teacher exactly the batches an uninterrupted one does, so both write bit-identical rows.
+    """
+    groups, group, n_frames = [], [], 0
+    for entry in entries:
+        group.append(entry.key)
+        n_frames += entry.n_video_frames
+        if n_frames >= batch_frames:
+            groups.append(group)
+            group, n_frames = [], 0
+    if group:
+        groups.append(group)
+    return groups
+
+
+class GroupFrames(torch.utils.data.Dataset):
+    """Item = one teacher group (`teacher_groups`): its keys, their frame counts and all their face frames,
+    concatenated."""
+
+    def __init__(self, store_path: Path, groups: list[list[str]], n_frames: dict[str, int]):
+        self.store_path, self.groups, self.n_frames, self.store = store_path, groups, n_frames, None
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int):
+        if self.store is None:
+            self.store = open_store(self.store_path)  # opened lazily, once per DataLoader worker
+        keys = self.groups[index]
+        frames = [self.store.read(key, "frames") for key in keys]
+        for key, rows in zip(keys, frames):
+            if len(rows) != self.n_frames[key]:
+                raise StoreError(f"{self.store_path}: {key!r} has {len(rows)} frames, the manifest says "
+                                 f"{self.n_frames[key]}; re-run `avl stage prepare`")
+        return keys, [len(rows) for rows in frames], torch.from_numpy(np.concatenate(frames))

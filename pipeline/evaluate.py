@@ -1,0 +1,81 @@
+"""Evaluation on full-length utterances: embeddings, identification, verification, and a teacher's accuracy.
+
+Under torchrun each rank evaluates every world_size-th utterance and the results are gathered or summed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline import distributed
+from pipeline import metrics as metric_fns
+from pipeline.distributed import SINGLE_PROCESS, Distributed
+from pipeline.features import SEGMENT_SPEC_FRAMES, repeat_pad, segment_means
+from pipeline.manifest import Entry
+
+
+@torch.inference_mode()
+def embed_spectrogram(model, spectrogram: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
+    """(embedding (D,), logits (C,)) of one full-length utterance's (F, n_freq) spectrogram; under 1 s it is
+    repeat-padded to 1 s."""
+    spectrogram = repeat_pad(spectrogram, SEGMENT_SPEC_FRAMES)
+    embedding, logits = model(torch.from_numpy(np.ascontiguousarray(spectrogram, dtype=np.float32))[None].to(device))
+    return embedding[0].float().cpu().numpy(), logits[0].float().cpu().numpy()
+
+
+@torch.inference_mode()
+def embed_utterances(model, spectrograms, keys: list[str], device, job: Distributed = SINGLE_PROCESS
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and logits of the stored spectrograms of `keys`; every rank gets every row, in `keys` order."""
+    model.eval()
+    rows = [embed_spectrogram(model, spectrograms.read(key, "spectrogram"), device)
+            for key in distributed.shard(keys, job)]
+    rows = distributed.unshard(distributed.gather(job, rows), len(keys))
+    if not keys:
+        return np.zeros((0, model.spec.embed_dim)), np.zeros((0, model.spec.num_classes))
+    return np.stack([embedding for embedding, _ in rows]), np.stack([logit for _, logit in rows])
+
+
+def identification(model, spectrograms, entries: list[Entry], class_index: dict, device,
+                   job: Distributed = SINGLE_PROCESS) -> dict:
+    """Top-1/top-5, UA, WA, per-class recall and the confusion matrix on full-length utterances."""
+    _, logits = embed_utterances(model, spectrograms, [e.key for e in entries], device, job)
+    labels = np.array([class_index[e.label] for e in entries], dtype=np.int64)
+    return metric_fns.classification_metrics(logits, labels, list(class_index))
+
+
+def verification(model, spectrograms, trials, device, job: Distributed = SINGLE_PROCESS) -> dict | None:
+    """EER and minDCF of the cosine scores of a trial list (None without trials)."""
+    if not trials:
+        return None
+    keys = sorted({key for trial in trials for key in (trial.enrol, trial.test)})
+    embeddings, _ = embed_utterances(model, spectrograms, keys, device, job)
+    scores = metric_fns.cosine_scores(dict(zip(keys, embeddings)), [(t.enrol, t.test) for t in trials])
+    return metric_fns.verification_metrics(scores, np.array([t.label for t in trials]))
+
+
+@torch.inference_mode()
+def evaluate_teacher(model, store, keys: list[str], labels: list[int], device, batch_frames: int = 256,
+                     job: Distributed = SINGLE_PROCESS) -> dict:
+    """Frame accuracy and utterance accuracy: the mean of frame logits over every frame of the utterance, or
+    for a sequential teacher the aggregator over all its segment means (Eq. 5, 6)."""
+    model.eval()
+    counts = {"frame_hits": 0, "frames": 0, "utterance_hits": 0, "utterances": 0}
+    for key, label in zip(distributed.shard(keys, job), distributed.shard(labels, job)):
+        frames = torch.from_numpy(store.read(key, "frames"))
+        outputs = [model(frames[i : i + batch_frames].to(device)) for i in range(0, len(frames), batch_frames)]
+        logits = torch.cat([logit.float().cpu() for _, logit in outputs])
+        counts["frame_hits"] += int((logits.argmax(1) == label).sum())
+        counts["frames"] += len(logits)
+        if model.aggregator is None:
+            utterance_logits = logits.mean(0)
+        else:
+            embeddings = torch.cat([embedding.float().cpu() for embedding, _ in outputs]).numpy()
+            segments = torch.from_numpy(segment_means(embeddings))[None].to(device)  # (1, S, D)
+            utterance_logits = model.head(model.aggregate(segments))[0]
+        counts["utterance_hits"] += int(utterance_logits.argmax() == label)
+        counts["utterances"] += 1
+    counts = distributed.sum_over_ranks(job, counts)
+    return {"frame_accuracy": counts["frame_hits"] / max(counts["frames"], 1),
+            "utterance_accuracy": counts["utterance_hits"] / max(counts["utterances"], 1)}
