@@ -8,7 +8,8 @@ the spectrogram, the crop's frame_prob to find its peak frame, and that one fram
 The in-memory backend is the baseline: the same reader over arrays in memory, so the ratio is what
 reading from disk costs. Prints one JSON object. The data are random, which compresses worse than
 real features, so the byte counts are an upper bound; the stores were just written, so reads come
-from a warm page cache.
+from a warm page cache. `--no-checksums` writes the stores without chunk checksums, as format 1 did, to
+measure what checking them costs.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import json
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cache.base import UncheckedStoreWarning
 from cache.inspect import disk_usage
 from cache.schema import cache_fields, spectrogram_fields
 from cache.store import DISK_BACKENDS, SUFFIXES, array_stats, create_store, delete_store, open_store
@@ -41,6 +44,8 @@ class StoreBenchConfig:
     dir: Path | None = field(default=None, metadata={
         "help": "Where to build the stores (default: a temporary directory)."})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic data and of the batches drawn."})
+    checksums: bool = field(default=True, metadata={
+        "help": "Checksum every chunk, as stages do; --no-checksums only measures what that costs."})
 
 
 def synthesize(n_utterances: int, seed: int) -> tuple[list[str], np.ndarray, dict[str, list[np.ndarray]]]:
@@ -74,12 +79,14 @@ def _cache_fields():
     return cache_fields(EMBED_DIM, NUM_CLASSES, "float16")
 
 
-def write_stores(directory: Path, backend: str, keys: list[str], fields: dict[str, list[np.ndarray]]) -> dict[str, Path]:
+def write_stores(directory: Path, backend: str, keys: list[str], fields: dict[str, list[np.ndarray]],
+                 checksums: bool = True) -> dict[str, Path]:
     """The spectrogram store and the teacher cache of one backend."""
     paths = {"spectrograms": directory / f"spectrograms{SUFFIXES[backend]}", "cache": directory / f"cache{SUFFIXES[backend]}"}
     schemas = {"spectrograms": spectrogram_fields(N_FREQ), "cache": _cache_fields()}
     for store, path in paths.items():
-        with create_store(path, schemas[store], {"kind": f"bench-{store}"}, backend=backend) as writer:
+        with create_store(path, schemas[store], {"kind": f"bench-{store}"}, backend=backend,
+                          checksums=checksums) as writer:
             for i, key in enumerate(keys):
                 writer.write(key, {spec.name: fields[spec.name][i] for spec in schemas[store]})
             writer.mark_complete()
@@ -112,7 +119,7 @@ def batches_per_second(spectrograms, cache, keys, n_frames, n_batches: int, seed
     return n_batches / (time.perf_counter() - started)
 
 
-def measure(n_utterances: int, n_batches: int, directory: Path, seed: int = 0) -> dict:
+def measure(n_utterances: int, n_batches: int, directory: Path, seed: int = 0, checksums: bool = True) -> dict:
     """Build the stores in `directory`, time the reads, and measure the bytes on disk."""
     keys, n_frames, fields = synthesize(n_utterances, seed)
     frames_of = dict(zip(keys, n_frames.tolist()))
@@ -126,12 +133,14 @@ def measure(n_utterances: int, n_batches: int, directory: Path, seed: int = 0) -
             delete_store(path)
     result = {
         "utterances": n_utterances, "hours_of_video": round(float(hours), 3), "batch": BATCH,
-        "crop_seconds": CROP_SECONDS, "batches_timed": n_batches,
+        "crop_seconds": CROP_SECONDS, "batches_timed": n_batches, "checksums": checksums,
         "memory_batches_per_second": round(memory_rate, 1), "backends": {},
     }
     for backend in DISK_BACKENDS:
-        paths = write_stores(directory / backend, backend, keys, fields)
-        spectrograms, cache = open_store(paths["spectrograms"]), open_store(paths["cache"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UncheckedStoreWarning)  # stores without checksums are made on purpose
+            paths = write_stores(directory / backend, backend, keys, fields, checksums)
+            spectrograms, cache = open_store(paths["spectrograms"]), open_store(paths["cache"])
         rate = batches_per_second(spectrograms, cache, keys, frames_of, n_batches, seed + 1)
         stats = {store: array_stats(path) for store, path in paths.items()}
         per_hour = {
@@ -153,9 +162,9 @@ def measure(n_utterances: int, n_batches: int, directory: Path, seed: int = 0) -
 def run(cfg: StoreBenchConfig) -> dict:
     """Measure in `cfg.dir` (or a temporary directory), print the result as JSON and return it."""
     if cfg.dir is not None:
-        result = measure(cfg.utterances, cfg.batches, cfg.dir, cfg.seed)
+        result = measure(cfg.utterances, cfg.batches, cfg.dir, cfg.seed, cfg.checksums)
     else:
         with tempfile.TemporaryDirectory(prefix="avl-bench-") as directory:
-            result = measure(cfg.utterances, cfg.batches, Path(directory), cfg.seed)
+            result = measure(cfg.utterances, cfg.batches, Path(directory), cfg.seed, cfg.checksums)
     print(json.dumps(result, indent=2))
     return result

@@ -1,13 +1,22 @@
-"""HDF5 backend of the ragged store: one .h5 file of resizable, chunked, gzip-compressed datasets."""
+"""HDF5 backend of the ragged store: one .h5 file of resizable, chunked, gzip-compressed datasets.
+
+Every numeric dataset carries HDF5's Fletcher-32 filter after gzip, so a flipped byte in a chunk fails
+its read; HDF5 refuses filters on variable-length text, so the keys' gzip stream (adler32) covers their
+chunks and the store's `keys_sha256` their text. A chunk that fails is a `DamagedChunkError`.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+
+from cache import locks
+from cache.base import DamagedChunkError, StoreError
 
 META_ATTR = "avl_attrs"  # the whole metadata dict as one JSON string, so it is updated in one write
 READ_CACHE_BYTES = 32 << 20  # the 1 MB default cache holds less than one (4096, 512) float16 chunk
@@ -17,21 +26,33 @@ class Hdf5Backend:
     """Named resizable datasets and a JSON metadata dict in one HDF5 file; mode is "w", "r+" or "r"."""
 
     name = "hdf5"
+    checksum = "fletcher32"
+    on_disk = True
 
     def __init__(self, path: Path, mode: str) -> None:
+        self.path = Path(path)
         # HDF5 otherwise reuses the space of a chunk it rewrote for the next one, so a killed writer
         # leaves the on-disk index pointing at overwritten bytes (seen in kill -9 tests); never
         # reusing space keeps every committed chunk intact, at the cost of one stale copy of the
         # last partial chunk per array per flush (under 1% of the file in a 128 MB test)
         space = {"fs_strategy": "none"} if mode == "w" else {}
-        self.file = h5py.File(path, mode, rdcc_nbytes=READ_CACHE_BYTES, **space)
+        try:
+            self.file = h5py.File(path, mode, rdcc_nbytes=READ_CACHE_BYTES, **space)
+        except OSError as error:
+            if "unable to lock file" not in str(error):
+                raise
+            # HDF5 locks a file a process writes against every other opener (and one it reads against writers)
+            raise StoreError(f"{path}: HDF5 cannot open it, {locks.writer_of(path)} holds its file lock; wait for "
+                             "that process to finish, or stop it, then run again") from None
 
     @staticmethod
     def detect(path: Path) -> bool:
         """True if `path` is an HDF5 file."""
         return path.is_file() and h5py.is_hdf5(path)
 
-    def create_array(self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int) -> None:
+    def create_array(
+        self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int, checksum: bool = True
+    ) -> None:
         """Create an empty (0, *row_shape) dataset chunked along rows; dtype "str" holds unicode text."""
         text = dtype == "str"
         self.file.create_dataset(
@@ -43,7 +64,16 @@ class Hdf5Backend:
             compression="gzip",
             compression_opts=4,
             shuffle=not text,
+            fletcher32=checksum and not text,  # h5py runs it after gzip: it covers the stored bytes
         )
+
+    def chunk_rows(self, name: str) -> int:
+        """Rows per chunk, the unit a checksum covers."""
+        return self.file[name].chunks[0]
+
+    def rewritten_rows(self, name: str) -> int:
+        """Rows a write may store again beside the new ones: the partly filled chunk it ends in, in new space."""
+        return self.file[name].chunks[0]
 
     def length(self, name: str) -> int:
         """Rows in the dataset, committed or not."""
@@ -65,9 +95,13 @@ class Hdf5Backend:
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of the dataset; text comes back as str, not bytes."""
         dataset = self.file[name]
-        if h5py.check_string_dtype(dataset.dtype) is not None:
-            return dataset.asstr()[start:stop]
-        return dataset[start:stop]
+        try:
+            if h5py.check_string_dtype(dataset.dtype) is not None:
+                return dataset.asstr()[start:stop]
+            return dataset[start:stop]
+        except OSError as error:  # Fletcher-32 or gzip failed: "filter returned failure during read"
+            detail = f"a chunk failed its Fletcher-32 checksum or its decompression; HDF5 says: {error}"
+            raise DamagedChunkError(self.path, name, start, stop, detail) from None
 
     def stored_bytes(self, name: str) -> int:
         """Bytes of the dataset's chunks in the file."""
@@ -75,11 +109,18 @@ class Hdf5Backend:
 
     def read_meta(self) -> dict[str, Any]:
         """The metadata dict, or {} for an HDF5 file that is not a store."""
-        return json.loads(self.file.attrs[META_ATTR]) if META_ATTR in self.file.attrs else {}
+        if META_ATTR not in self.file.attrs:
+            return {}
+        try:
+            return json.loads(self.file.attrs[META_ATTR])
+        except ValueError as error:
+            raise StoreError(f"{self.path}: its metadata ({META_ATTR!r}) is damaged: {error}") from None
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        """Replace the metadata; flushing first puts the data on disk before the count that commits it."""
+        """Replace the metadata; the data is flushed and synced to disk first, so the count that commits it never
+        reaches the disk before it does (the file is updated in place, so the order is all that keeps it sound)."""
         self.file.flush()
+        os.fsync(self.file.id.get_vfd_handle())
         self.file.attrs[META_ATTR] = json.dumps(meta)
         self.file.flush()
 

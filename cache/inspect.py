@@ -10,15 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from cache.base import StoreError, not_complete_message
-from cache.parts import PartedReader
+from cache.backends import part_paths
+from cache.base import DamagedChunkError, StoreError, not_complete_message
+from cache.integrity import scan_store
+from cache.parts import PartedReader, is_parts_directory
 from cache.ragged import RaggedReader
 from cache.schema import TeacherCacheSpec, coverage_problems
 from cache.store import array_stats, open_store
 from cache.zarr_store import partial_files
-
-# a float field is scanned for NaN/Inf in blocks of about this size, never read whole
-SCAN_BLOCK_BYTES = 32 << 20
 
 
 def disk_usage(path: str | os.PathLike) -> tuple[int, int]:
@@ -69,6 +68,7 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
     info = {
         "path": str(reader.path),
         "backend": reader.backend,
+        "checksums": reader.checksums,
         "complete": reader.complete,
         "not_complete": _not_complete_reason(reader),
         "keys": len(reader),
@@ -86,24 +86,24 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def _non_finite_rows(part: RaggedReader, field: str) -> tuple[int, int | None]:
-    """(rows holding NaN or Inf, the first such row) of a float field, read block by block."""
-    spec = part.fields[field]
-    row_bytes = max(1, int(np.prod(spec.row_shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize)
-    block = max(spec.chunk_rows, SCAN_BLOCK_BYTES // row_bytes // spec.chunk_rows * spec.chunk_rows)
-    bad, first = 0, None
-    n_rows = part.n_rows(field)
-    for start in range(0, n_rows, block):
-        rows = part.read_rows(field, start, start + block)
+class _NonFiniteRows:
+    """Counts the rows holding NaN or Inf of each float field, and the first of them, as the scan reads blocks."""
+
+    def __init__(self, fields: Mapping) -> None:
+        self.found: dict[str, tuple[int, int]] = {}  # field -> (rows, first row)
+        self._float = {name for name, spec in fields.items() if np.dtype(spec.dtype).kind in "fc"}
+
+    def __call__(self, field: str, start: int, rows: np.ndarray) -> None:
+        if field not in self._float:
+            return
         finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
         if not finite.all():
-            bad += int((~finite).sum())
-            first = start + int(np.argmin(finite)) if first is None else first
-    return bad, first
+            bad, first = self.found.get(field, (0, start + int(np.argmin(finite))))
+            self.found[field] = (bad + int((~finite).sum()), first)
 
 
 def _structure_problems(part: RaggedReader) -> list[str]:
-    """Offsets, row counts and finite values of one store (one part)."""
+    """Offsets, row counts, damaged chunks and finite values of one store (one part)."""
     problems = []
     name = part.path.name
     n = len(part)
@@ -123,13 +123,25 @@ def _structure_problems(part: RaggedReader) -> list[str]:
             elif np.any(np.diff(offsets) < 0):
                 at = int(np.argmax(np.diff(offsets) < 0))
                 problems.append(f"{name}: offsets of {field!r} decrease at key {part.keys[at]!r}")
-        if np.dtype(spec.dtype).kind in "fc":
-            bad, first = _non_finite_rows(part, field)
-            if bad:
-                index = int(np.searchsorted(part.offsets(field), first, side="right") - 1) if spec.ragged else first
-                problems.append(f"{name}: field {field!r} has {bad} rows with NaN or Inf, the first in key "
-                                f"{part.keys[index]!r}")
+    non_finite = _NonFiniteRows(part.fields)
+    problems += scan_store(part.path, non_finite)
+    for field, (bad, first) in non_finite.found.items():
+        spec = part.fields[field]
+        index = int(np.searchsorted(part.offsets(field), first, side="right") - 1) if spec.ragged else first
+        problems.append(f"{name}: field {field!r} has {bad} rows with NaN or Inf, the first in key "
+                        f"{part.keys[index]!r}")
     return problems
+
+
+def _damage_of_unopened(path: Path, error: StoreError) -> list[str]:
+    """Why a store did not open, and, when damage stopped it, every damaged chunk of it (or of its parts)."""
+    findings = []
+    for store in part_paths(path) if is_parts_directory(path) else [path]:
+        try:
+            findings += scan_store(store)
+        except StoreError:
+            continue  # this one's own error is `error`, or another part's
+    return findings if findings and isinstance(error, DamagedChunkError) else [str(error)] + findings
 
 
 def verify_store(
@@ -141,7 +153,7 @@ def verify_store(
     try:
         reader = open_store(path, require_complete=False)
     except StoreError as error:
-        return [str(error)]
+        return _damage_of_unopened(Path(path), error)
     problems = []
     if not reader.complete:
         problems.append(_not_complete_reason(reader))
@@ -175,6 +187,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"store     {info['path']}",
         f"backend   {info['backend']}",
+        f"checksums {info['checksums'] or 'none: written before format 2, damaged bytes may go unnoticed'}",
         f"complete  {'yes' if info['complete'] else 'NO'}",
         f"keys      {info['keys']}{expected}",
         f"on disk   {_size(info['bytes_on_disk'])} in {info['files']} files",

@@ -32,6 +32,7 @@ class MemoryData:
     """One store: its named arrays and its metadata dict."""
 
     arrays: dict[str, MemoryArray] = field(default_factory=dict)
+    chunk_rows: dict[str, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,6 +72,8 @@ class MemoryBackend:
     """Named resizable arrays and a JSON metadata dict in this process's memory; mode is "w", "r+" or "r"."""
 
     name = "memory"
+    checksum = None  # no bytes leave the process, so there is nothing to check
+    on_disk = False
 
     def __init__(self, path: Path, mode: str) -> None:
         self.path, self.writable = Path(path), mode != "r"
@@ -89,10 +92,21 @@ class MemoryBackend:
         if not self.writable:
             raise StoreError(f"{self.path}: opened read-only")
 
-    def create_array(self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int) -> None:
+    def create_array(
+        self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int, checksum: bool = True
+    ) -> None:
         """Create an empty (0, *row_shape) array; dtype "str" holds unicode text."""
         self._writing()
         self._store.arrays[name] = MemoryArray(np.empty((0, *row_shape), dtype=object if dtype == "str" else dtype))
+        self._store.chunk_rows[name] = chunk_rows
+
+    def chunk_rows(self, name: str) -> int:
+        """The chunk rows the array was created with (it is one block of memory)."""
+        return self._store.chunk_rows[name]
+
+    def rewritten_rows(self, name: str) -> int:
+        """None: a write stores only its own rows."""
+        return 0
 
     def length(self, name: str) -> int:
         """Rows in the array, committed or not."""

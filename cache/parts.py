@@ -44,6 +44,8 @@ class PartedReader:
         self.fields: dict[str, FieldSpec] = self._agreed("fields")
         self.attrs: dict[str, Any] = self._agreed("attrs")
         self.backend = "+".join(sorted({part.backend for part in self.parts}))
+        kinds = {part.checksums for part in self.parts}
+        self.checksums = None if None in kinds else "+".join(sorted(kinds))  # one part without: not all checked
         self.expected_keys = None if missing else _sum_or_none([part.expected_keys for part in self.parts])
         self.finish_with = None
         self.part = None

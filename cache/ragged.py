@@ -3,6 +3,12 @@
 Commit protocol (`RaggedWriter.flush`): append the data rows, then the offsets and keys, and only
 then write the metadata with the new committed count. The committed count is the truth: rows past
 it (an interrupted flush) are never returned by a reader and are truncated by `open_for_append`.
+Each commit first checks that the disk has room for it (`cache/space.py`); a full disk stops the
+writer with a StoreError and leaves the committed state, from which the next writer resumes.
+
+Reads check what they read: a chunk that fails its checksum is a StoreError naming the store, the field,
+the rows and the keys they belong to (`base.DamagedChunkError`), and the committed keys must match their
+recorded sha256.
 
 The store's own metadata also says how far a writing command has come and how to finish it
 (`RaggedWriter.set_expected`), and which part of a rank-sharded store it is (`create_store(part=...)`;
@@ -11,6 +17,7 @@ a directory of parts opens as one store, see `cache/parts.py`).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import KeysView
@@ -25,15 +32,20 @@ from cache.base import (
     INFO_EXTRAS,
     KEYS,
     Backend,
+    DamagedChunkError,
     FieldSpec,
     StoreError,
     check_attrs,
+    check_keys,
     committed_rows,
+    describe_keys,
+    keys_digest,
     not_complete_message,
     offsets_name,
     parse_meta,
     store_meta,
 )
+from cache.space import MARGIN_BYTES, RoomGuard, commit_bytes
 
 FLUSH_BYTES = 64 << 20
 # a zarr shard (16 chunks) is one file, rewritten whole by every flush that touches it: flushing a
@@ -52,10 +64,14 @@ class RaggedWriter:
         self._committed, self._complete = info["committed"], info["complete"]
         self._extras = {name: info[name] for name in INFO_EXTRAS if name in info}
         self._rows = committed_rows(path, backend, self.fields, self._committed)
-        for name, n in self._rows.items():
-            backend.truncate(name, n)
+        committed_keys = backend.read_rows(KEYS, 0, self._committed).tolist()
+        self._digest = check_keys(path, committed_keys, info)  # extended by each commit
+        self._room = RoomGuard(path, backend.on_disk)
+        with self._room.writing(MARGIN_BYTES, "resume it", self._how_to_resume()):  # truncating writes metadata
+            for name, n in self._rows.items():
+                backend.truncate(name, n)
         # a dict, not a list: ordered like a list, and `key in writer.keys` stays O(1) at 150k keys
-        self._keys: dict[str, None] = dict.fromkeys(backend.read_rows(KEYS, 0, self._committed).tolist())
+        self._keys: dict[str, None] = dict.fromkeys(committed_keys)
         self._pending_keys: list[str] = []
         self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self.fields}
         self._pending_rows = dict.fromkeys(self.fields, 0)
@@ -83,6 +99,7 @@ class RaggedWriter:
         """Buffer one key's arrays, one per field, cast to the field dtypes; flushes when the buffer is full."""
         if self._closed:
             raise StoreError(f"{self.path}: writer is closed")
+        self._room.check_not_stopped()
         if not isinstance(key, str):
             raise ValueError(f"{self.path}: key {key!r}: keys must be str, not {type(key).__name__}")
         if key in self._keys:
@@ -121,20 +138,24 @@ class RaggedWriter:
         n_old, n_new = self._committed, len(self._keys)
         if n_new == n_old:
             return
+        blocks = {name: np.concatenate(self._pending[name]) for name in self.fields}
+        needed = commit_bytes(self._backend, self.fields, self._rows, blocks, self._pending_keys, self._meta_bytes())
+        what = f"commit {n_new - n_old} more {'key' if n_new - n_old == 1 else 'keys'}"
         rows = dict(self._rows)
-        for name, spec in self.fields.items():
-            block = np.concatenate(self._pending[name])
-            self._backend.write_rows(name, rows[name], block)
-            rows[name] += len(block)
-            if spec.ragged:
-                ends = self._rows[name] + np.cumsum([len(a) for a in self._pending[name]], dtype=np.int64)
-                self._backend.write_rows(offsets_name(name), n_old + 1, ends)
-                rows[offsets_name(name)] += len(ends)
-        self._backend.write_rows(KEYS, n_old, np.array(self._pending_keys, dtype=object))
-        rows[KEYS] = n_new
-        # a store that gains keys is no longer complete until mark_complete() says so again
-        self._write_meta(committed=n_new, complete=False)
-        self._committed, self._complete, self._rows = n_new, False, rows
+        digest = keys_digest(self._pending_keys, self._digest.copy())
+        with self._room.writing(needed, what, self._how_to_resume()):
+            for name, spec in self.fields.items():
+                self._backend.write_rows(name, rows[name], blocks[name])
+                rows[name] += len(blocks[name])
+                if spec.ragged:
+                    ends = self._rows[name] + np.cumsum([len(a) for a in self._pending[name]], dtype=np.int64)
+                    self._backend.write_rows(offsets_name(name), n_old + 1, ends)
+                    rows[offsets_name(name)] += len(ends)
+            self._backend.write_rows(KEYS, n_old, np.array(self._pending_keys, dtype=object))
+            rows[KEYS] = n_new
+            # a store that gains keys is no longer complete until mark_complete() says so again
+            self._write_meta(committed=n_new, complete=False, keys_sha256=digest.hexdigest())
+        self._committed, self._complete, self._rows, self._digest = n_new, False, rows, digest
         self._pending_keys = []
         self._pending = {name: [] for name in self.fields}
         self._pending_rows = dict.fromkeys(self.fields, 0)
@@ -146,9 +167,26 @@ class RaggedWriter:
         if time.monotonic() - self._last_flush >= max_age_seconds:
             self.flush()
 
-    def _write_meta(self, committed: int, complete: bool) -> None:
-        meta = store_meta(self._backend.name, self.fields, self.attrs, committed, complete, self._extras)
+    def _write_meta(self, committed: int, complete: bool, keys_sha256: str | None = None) -> None:
+        if keys_sha256 is None:  # the digest always covers exactly the first `committed` keys
+            digest = self._digest if committed == self._committed else keys_digest(list(self._keys)[:committed])
+            keys_sha256 = digest.hexdigest()
+        meta = store_meta(self._backend.name, self.fields, self.attrs, committed, complete, self._extras, keys_sha256)
         self._backend.write_meta(meta)
+
+    def _update_meta(self, committed: int, complete: bool) -> None:
+        """Write the metadata alone, as a commit does: refused on a full disk."""
+        with self._room.writing(self._meta_bytes(), "update its metadata", self._how_to_resume()):
+            self._write_meta(committed, complete)
+
+    def _meta_bytes(self) -> int:
+        return len(json.dumps(store_meta(self._backend.name, self.fields, self.attrs, self._committed, True,
+                                         self._extras, self._digest.hexdigest())))
+
+    def _how_to_resume(self) -> str:
+        finish = self._extras.get("finish_with")
+        command = f"run `{finish}`" if finish else "run the command that wrote it again"
+        return f"{command} (it resumes from the {self._committed} keys committed)"
 
     def set_expected(self, expected_keys: int, finish_with: str | None = None) -> None:
         """Record how many keys this write will commit in all and the command that finishes the store.
@@ -159,26 +197,29 @@ class RaggedWriter:
         self._extras["expected_keys"] = int(expected_keys)
         if finish_with is not None:
             self._extras["finish_with"] = finish_with
-        self._write_meta(self._committed, self._complete)
+        self._update_meta(self._committed, self._complete)
 
     def set_attrs(self, **attrs: Any) -> None:
         """Add or replace user attributes (JSON values), written at once; buffered keys stay buffered."""
         check_attrs(self.path, attrs)
         self.attrs.update(attrs)
-        self._write_meta(self._committed, self._complete)
+        self._update_meta(self._committed, self._complete)
 
     def mark_complete(self) -> None:
         """Flush and mark the store complete, so `open_store` accepts it."""
         self.flush()
-        self._write_meta(self._committed, complete=True)
+        self._update_meta(self._committed, complete=True)
         self._complete = True
 
     def close(self) -> None:
-        """Flush and close; does not mark the store complete."""
+        """Flush and close; does not mark the store complete. A writer a full disk stopped only closes."""
         if not self._closed:
-            self.flush()
-            self._backend.close()
-            self._closed = True
+            try:
+                if not self._room.stopped:
+                    self.flush()
+            finally:
+                self._backend.close()
+                self._closed = True
 
     def __enter__(self) -> RaggedWriter:
         return self
@@ -205,6 +246,7 @@ class RaggedReader:
         try:
             info, self.fields, self.attrs = parse_meta(self.path, backend)
             self.complete: bool = info["complete"]
+            self.checksums: str | None = info.get("checksums")  # None: written without (format 1)
             n = info["committed"]
             self.expected_keys: int | None = info.get("expected_keys")
             self.finish_with: str | None = info.get("finish_with")
@@ -214,6 +256,7 @@ class RaggedReader:
                 raise StoreError(not_complete_message(self.path, n, self.expected_keys, self.finish_with))
             rows = committed_rows(self.path, backend, self.fields, n)
             self.keys: list[str] = backend.read_rows(KEYS, 0, n).tolist()
+            check_keys(self.path, self.keys, info)
             self._offsets = {
                 name: backend.read_rows(offsets_name(name), 0, n + 1).astype(np.int64)
                 for name, spec in self.fields.items()
@@ -292,7 +335,7 @@ class RaggedReader:
         if not spec.ragged:
             if start is not None or stop is not None:
                 raise ValueError(f"{self.path}: field {field!r} is per-item; it has no rows to slice")
-            return self._open().read_rows(field, i, i + 1)[0, ...]  # an ndarray even for () rows
+            return self._read(field, i, i + 1)[0, ...]  # an ndarray even for () rows
         first, end = int(self._offsets[field][i]), int(self._offsets[field][i + 1])
         a, b, _ = slice(start, stop).indices(end - first)
         return self._read_block(spec, first + a, first + b)
@@ -306,7 +349,21 @@ class RaggedReader:
     def _read_block(self, spec: FieldSpec, start: int, stop: int) -> np.ndarray:
         if stop <= start:  # empty items never touch the disk
             return np.empty((0, *spec.row_shape), dtype=spec.dtype)
-        return self._open().read_rows(spec.name, start, stop)
+        return self._read(spec.name, start, stop)
+
+    def _read(self, field: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of `field` from disk; a damaged chunk among them is a StoreError naming their keys."""
+        try:
+            return self._open().read_rows(field, start, stop)
+        except DamagedChunkError as error:
+            if self.fields[field].ragged:  # key i holds rows offsets[i]:offsets[i + 1]
+                first, last = np.searchsorted(self._offsets[field], [start, stop - 1], side="right") - 1
+            else:
+                first, last = start, stop - 1
+            keys = describe_keys(self.keys[int(first) : int(last) + 1])
+            raise StoreError(f"{self.path}: field {field!r}, rows {start}-{stop - 1} ({keys}): damaged data "
+                             f"({error.detail}); `avl cache verify {self.path}` lists every damaged chunk; rebuild "
+                             "the store with the command that wrote it (--overwrite)") from None
 
     def close(self) -> None:
         """Close this process's handle; a later read opens a new one."""

@@ -23,10 +23,12 @@ from cache.base import (
     StoreError,
     check_attrs,
     committed_rows,
+    keys_digest,
     offsets_name,
     parse_meta,
     store_meta,
 )
+from cache.space import MARGIN_BYTES, RoomGuard
 from cache.parts import PartedReader, is_parts_directory
 from cache.ragged import FLUSH_BYTES, FLUSH_CHUNKS, RaggedReader, RaggedWriter
 
@@ -44,10 +46,12 @@ def create_store(
     backend: str = "zarr",
     overwrite: bool = False,
     part: tuple[int, int] | None = None,
+    checksums: bool = True,
 ) -> RaggedWriter:
     """Create an empty store and return its writer; an existing store is replaced only with overwrite=True.
 
     `part=(index, count)` makes it part `index` of a store sharded into `count` parts (`cache/parts.py`).
+    `checksums=False` writes chunks without checksums, as format 1 did: only to measure what they cost.
     """
     path = Path(path)
     if backend not in BACKENDS:
@@ -71,24 +75,34 @@ def create_store(
     _remove(staging)
     if backend in DISK_BACKENDS:
         path.parent.mkdir(parents=True, exist_ok=True)
-    handle = BACKENDS[backend](staging, "w")
-    try:
-        handle.create_array(KEYS, "str", (), INDEX_CHUNK_ROWS)
-        for spec in fields:
-            handle.create_array(spec.name, spec.dtype, spec.row_shape, spec.chunk_rows)
-            if spec.ragged:
-                handle.create_array(offsets_name(spec.name), "int64", (), INDEX_CHUNK_ROWS)
-                handle.write_rows(offsets_name(spec.name), 0, np.zeros(1, dtype=np.int64))
-        extras = {"part": {"index": int(part[0]), "count": int(part[1])}} if part is not None else {}
-        handle.write_meta(store_meta(backend, {spec.name: spec for spec in fields}, dict(attrs), 0, False, extras))
-    finally:
-        handle.close()
+    with RoomGuard(path, backend in DISK_BACKENDS).writing(MARGIN_BYTES, "create it", "run the command again"):
+        _create(staging, backend, fields, attrs, part, checksums)
     _remove(path)
     if backend in DISK_BACKENDS:
         os.replace(staging, path)
     else:  # an in-memory store is renamed in this process's registry
         memory_store.rename(staging, path)
     return open_for_append(path)
+
+
+def _create(staging: Path, backend: str, fields: list[FieldSpec], attrs: dict[str, Any],
+            part: tuple[int, int] | None, checksums: bool) -> None:
+    handle = BACKENDS[backend](staging, "w")
+    try:
+        handle.create_array(KEYS, "str", (), INDEX_CHUNK_ROWS, checksum=checksums)
+        for spec in fields:
+            handle.create_array(spec.name, spec.dtype, spec.row_shape, spec.chunk_rows, checksum=checksums)
+            if spec.ragged:
+                handle.create_array(offsets_name(spec.name), "int64", (), INDEX_CHUNK_ROWS, checksum=checksums)
+                handle.write_rows(offsets_name(spec.name), 0, np.zeros(1, dtype=np.int64))
+        extras = {"checksums": handle.checksum if checksums else None}
+        if part is not None:
+            extras["part"] = {"index": int(part[0]), "count": int(part[1])}
+        meta = store_meta(backend, {spec.name: spec for spec in fields}, dict(attrs), 0, False, extras,
+                          keys_digest([]).hexdigest())
+        handle.write_meta(meta)
+    finally:
+        handle.close()
 
 
 def something_at(path: str | os.PathLike) -> bool:

@@ -1,4 +1,9 @@
-"""Zarr v3 backend of the ragged store: one group directory of sharded, zstd-compressed arrays."""
+"""Zarr v3 backend of the ragged store: one group directory of sharded, zstd-compressed, checksummed arrays.
+
+Each chunk inside a shard carries zarr's crc32c codec (the shard index has its own), so a flipped byte
+in a chunk fails its read instead of decompressing to wrong values; a chunk that fails to decode is a
+`DamagedChunkError` naming the array and the rows read.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
+
+from cache.base import DamagedChunkError, StoreError
 
 CHUNKS_PER_SHARD = 16  # a shard is one file: the file count is the chunk count / 16
 # zarr's LocalStore writes every file as <name>.<uuid>.partial and then renames it, so a killed writer
@@ -26,15 +33,28 @@ def remove_partial_files(path: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def _damage(error: Exception) -> str:
+    """What went wrong with a chunk, without the checksum bytes zarr quotes."""
+    if "checksum" in str(error):
+        return "a chunk or shard index failed its crc32c checksum"
+    return f"a chunk could not be decoded: {error}"
+
+
 class ZarrBackend:
     """Named resizable arrays and a JSON metadata dict in a zarr group; mode is "w", "r+" or "r"."""
 
     name = "zarr"
+    checksum = "crc32c"
+    on_disk = True
 
     def __init__(self, path: Path, mode: str) -> None:
+        self.path = Path(path)
         if mode == "r+":
             remove_partial_files(path)
-        self.group = zarr.open_group(str(path), mode=mode)
+        try:
+            self.group = zarr.open_group(str(path), mode=mode)
+        except ValueError as error:  # a damaged zarr.json is not JSON
+            raise StoreError(f"{path}: its metadata (zarr.json) cannot be read: {' '.join(str(error).split())}") from None
         self._arrays: dict[str, zarr.Array] = {}
 
     @staticmethod
@@ -42,7 +62,9 @@ class ZarrBackend:
         """True if `path` is a zarr v3 directory."""
         return path.is_dir() and (path / "zarr.json").is_file()
 
-    def create_array(self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int) -> None:
+    def create_array(
+        self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int, checksum: bool = True
+    ) -> None:
         """Create an empty (0, *row_shape) array chunked along rows; dtype "str" holds unicode text."""
         text = dtype == "str"
         # byte shuffle groups the bytes of each number, which is what makes float rows compress
@@ -53,8 +75,17 @@ class ZarrBackend:
             dtype=str if text else dtype,
             chunks=(chunk_rows, *row_shape),
             shards=(chunk_rows * CHUNKS_PER_SHARD, *row_shape),
-            compressors=compressor,
+            # these codecs run on each chunk inside its shard: the checksum covers the compressed bytes
+            compressors=[compressor, Crc32cCodec()] if checksum else compressor,
         )
+
+    def chunk_rows(self, name: str) -> int:
+        """Rows per chunk (the unit a checksum covers), not per shard."""
+        return self._array(name).chunks[0]
+
+    def rewritten_rows(self, name: str) -> int:
+        """Rows a write may store again beside the new ones: the shard it ends in is rewritten whole."""
+        return self._array(name).shards[0]
 
     def _array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
@@ -70,7 +101,10 @@ class ZarrBackend:
         array = self._array(name)
         array.resize((start + len(rows), *array.shape[1:]))
         if len(rows):
-            array[start : start + len(rows)] = rows
+            try:
+                array[start : start + len(rows)] = rows
+            except (ValueError, RuntimeError) as error:  # a partly filled chunk is decoded to be extended
+                raise DamagedChunkError(self.path, name, start, start + len(rows), _damage(error)) from None
 
     def truncate(self, name: str, length: int) -> None:
         """Drop rows past `length` (shards wholly past it are deleted)."""
@@ -79,8 +113,12 @@ class ZarrBackend:
             array.resize((length, *array.shape[1:]))
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of the array."""
-        return self._array(name)[start:stop]
+        """Rows [start, stop) of the array; a chunk that fails its checksum or its decoding is a DamagedChunkError."""
+        array = self._array(name)
+        try:
+            return array[start:stop]
+        except (ValueError, RuntimeError) as error:  # crc32c mismatch: ValueError; blosc or zstd: RuntimeError
+            raise DamagedChunkError(self.path, name, start, stop, _damage(error)) from None
 
     def stored_bytes(self, name: str) -> int:
         """Bytes of the array's files (metadata and shards)."""

@@ -10,8 +10,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
-
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.training import FINISHED_MARKER, INCIDENTAL_SETTINGS
@@ -19,8 +17,8 @@ from pipeline.training import FINISHED_MARKER, INCIDENTAL_SETTINGS
 BASELINE = "none"  # the method label of the shared λ = 0 cells
 DEFAULT_LEVEL = "non-sequential"  # named in cell ids and report tables only when a sweep has another level
 # Stage-3 keys the grid or the sweep itself sets; `student_options` may not set them.
-SWEEP_KEYS = ("lam", "method", "level", "arch", "seed", "name", "run_dir", "dataset", "tiny", "epochs", "batch_size",
-              "crop_seconds", "num_workers", "device", "resume", "overwrite")
+SWEEP_KEYS = ("lam", "method", "level", "arch", "seed", "name", "sweep", "run_dir", "dataset", "tiny", "epochs",
+              "batch_size", "crop_seconds", "num_workers", "device", "resume", "overwrite")
 # Settings that do not change what a run computes: a finished cell (or prepared store) is reused whatever they were.
 INCIDENTAL_KEYS = INCIDENTAL_SETTINGS | {"commit_seconds"}
 # (metrics.json section, key, label, higher is better)
@@ -68,7 +66,7 @@ def cell_settings(cfg, cell: Cell) -> dict:
     """The stage-3 settings of a cell, for `config_io.build(StudentConfig, ...)` (which checks them)."""
     return {
         **config_io.parse_options(cfg.student_options, "sweep: student option"),
-        "run_dir": cfg.resolved_run_dir, "dataset": cfg.dataset, "name": f"{cfg.name}/{cell.cell_id}",
+        "run_dir": cfg.resolved_run_dir, "dataset": cfg.dataset, "sweep": cfg.name, "name": cell.cell_id,
         # λ = 0 trains no distillation whatever the method: the first one listed is as good as any
         "method": cfg.methods[0] if cell.method == BASELINE else cell.method,
         "level": cell.level, "arch": cell.arch, "lam": cell.lam, "seed": cell.seed, "tiny": cfg.tiny, "epochs": cfg.epochs,
@@ -87,7 +85,7 @@ def check_finished_run(out: Path, expected, remedy: str) -> None:
     saved = out / "config.toml"
     if not saved.exists():
         return
-    before = tomllib.loads(saved.read_text())
+    before = config_io.saved_settings(type(expected), saved)  # as written now, whatever version wrote it
     now = config_io.to_dict(expected)
     changed = sorted(key for key in set(before) | set(now)
                      if key not in INCIDENTAL_KEYS and before.get(key) != now.get(key))

@@ -44,6 +44,9 @@ COMMANDS = {
         "Class and probabilities of audio or video files with a saved student; prints a table."), run="predict"),
     "verify": Command("stages.infer", "VerifyConfig", (
         "Cosine-score a trial list with a saved student; writes the scores and prints EER and minDCF."), run="verify"),
+    "export-model": Command("stages.export_model", "ExportModelConfig", (
+        "A saved student as TorchScript or ONNX: 16 kHz mono waveform → (embedding, logits), spectrogram inside; "
+        "a JSON description beside it."), done="exported to {}"),
     "bench": Command("stages.bench", "BenchConfig", (
         "Measure what the cache buys: store vs in-memory steps/s, cached vs live-teacher epochs, stage 2 "
         "throughput, bytes per hour, stage-3 peak RSS at two dataset sizes; prints one JSON object.")),
@@ -105,8 +108,8 @@ def main() -> None:
         if command is not None:  # this process becomes torchrun: signals reach it and it stops its workers
             os.execv(command[0], command)
         app()
-    except UserError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    except UserError as error:  # one line, even when the message quotes a library's multi-line one
+        typer.secho(f"error: {' '.join(str(error).split())}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 
 

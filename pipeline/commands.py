@@ -8,6 +8,9 @@ What a field's `metadata` may say:
   repeatable  a tuple[str, ...] of KEY=VALUE given by repeating the option (`--set a=1 --set b=2`)
   words       words the option takes besides a comma-separated list ({"all": ()})
   argument    a positional argument instead of an option
+  min, max    inclusive bounds of a number (of each item of a list); above: an exclusive lower bound
+  plain_name  the value must be one folder name (no '/', not '..', not hidden)
+Bounds are checked by `config.build`, so the CLI and a TOML file give the same error, naming the option.
 Other tuples are comma-separated (`--lambdas 0,0.4`); every option left out keeps the TOML or default value.
 """
 

@@ -1,4 +1,8 @@
-"""Frozen per-stage configs: defaults < TOML file < CLI overrides, strictly typed, saved beside outputs."""
+"""Frozen per-stage configs: defaults < TOML file < CLI overrides, strictly typed, saved beside outputs.
+
+A setting's TOML key is its option's name (`--lambda` → `lambda`); a field's metadata may declare bounds
+(`min`, `max`, `above`) and `plain_name` (one folder name), checked by `build` with the option named.
+"""
 
 from __future__ import annotations
 
@@ -61,19 +65,99 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
     )
 
 
+def toml_name(field: dataclasses.Field) -> str:
+    """A setting's key in a TOML file: its CLI option's name (`--lambda` → lambda, `--batch-size` → batch_size)."""
+    flag = field.metadata.get("flag")
+    if not flag or field.metadata.get("argument"):
+        return field.name
+    return flag.partition("/")[0].removeprefix("--").replace("-", "_")
+
+
+def option_name(field: dataclasses.Field) -> str:
+    """The option as the user types it: `--lambda`, `--batch-size` (a positional argument: its name in capitals)."""
+    if field.metadata.get("argument"):
+        return field.name.upper()
+    return "--" + toml_name(field).replace("_", "-")
+
+
+def _spellings(cls: type) -> dict[str, dataclasses.Field]:
+    """Every key that names a field of `cls`: its TOML name and, so older files still load, its field name."""
+    names = {}
+    for field in dataclasses.fields(cls):
+        names[field.name] = names[toml_name(field)] = field
+    return names
+
+
+def field_name(cls: type, key: str) -> str:
+    """The field a key names (`lambda`, `lam` and `batch-size` name fields lam and batch_size), or the key."""
+    field = _spellings(cls).get(key.replace("-", "_"))
+    return field.name if field is not None else key
+
+
+def by_field(cls: type, values: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """`values` keyed by field name: a TOML name, a field name or either with dashes ("batch-size") names a field;
+    unknown keys are kept as given (`build` refuses them) and two keys naming one setting are an error."""
+    spellings = _spellings(cls)
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for key, value in values.items():
+        field = spellings.get(key.replace("-", "_"))
+        name = field.name if field is not None else key
+        if name in out:
+            what = option_name(field) if field is not None else repr(name)
+            raise ConfigError(f"{source}: keys {given[name]!r} and {key!r} both set {what}; keep one")
+        out[name], given[name] = value, key
+    return out
+
+
+def _bound_problem(field: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with `value` (each item of a tuple) against the field's declared `min`, `max`, `above` and
+    `plain_name`, or None."""
+    meta = field.metadata
+    for item in value if isinstance(value, tuple) else (value,):
+        if item is None:
+            continue
+        if "above" in meta and not item > meta["above"]:
+            return f"must be above {meta['above']}, got {item!r}"
+        if "min" in meta and not item >= meta["min"]:
+            return f"must be at least {meta['min']}, got {item!r}"
+        if "max" in meta and not item <= meta["max"]:
+            return f"must be at most {meta['max']}, got {item!r}"
+        if meta.get("plain_name") and (problem := plain_name_problem(item)):
+            return problem
+    return None
+
+
+def plain_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one folder name inside a run directory (a path, '..', hidden or empty), or None."""
+    if not name or name != name.strip():
+        return f"must be a folder name, got {name!r}"
+    if "/" in name or "\\" in name or "\0" in name:
+        return f"must be a single folder name without '/', got {name!r}"
+    if name.startswith("."):
+        return f"must be a plain folder name (not '.', '..' or hidden), got {name!r}"
+    return None
+
+
 def build(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
-    """Make a `cls` from a dict, failing on unknown keys and wrong types (naming key and source)."""
+    """Make a `cls` from a dict, failing on unknown keys, wrong types and values outside the declared bounds
+    (naming the key or option and the source)."""
     hints = typing.get_type_hints(cls)
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    values = by_field(cls, values, source)
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; known keys: {sorted(known)}")
+        known = sorted(toml_name(field) for field in fields.values())
+        raise ConfigError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; known keys: {known}")
     checked = {}
     for name, value in values.items():
         try:
-            checked[name] = _coerce(name, hints[name], value)
+            checked[name] = _coerce(toml_name(fields[name]), hints[name], value)
         except ConfigError as error:
             raise ConfigError(f"{source}: {error}") from None
+        if problem := _bound_problem(fields[name], checked[name]):
+            where = "" if source == "config" else f" (in {source})"
+            raise ConfigError(f"{option_name(fields[name])} {problem}{where}")
     instance = cls(**checked)
     validate = getattr(instance, "validate", None)
     if validate is not None:
@@ -88,11 +172,36 @@ def load(cls: type[C], toml_path: Path | None = None, overrides: dict[str, Any] 
     The file holds the settings flat, or in a table named `table`: the command as typed after `avl` or
     `avl stage` (`[train-student]`, `[sweep]`), so one file can be read by the command it names. Keys may
     be split between the two; any other table, or a key given both flat and in the table, is an error."""
+    source = str(toml_path) if toml_path else "config"
     values: dict[str, Any] = {}
     if toml_path is not None:
-        values = _file_values(Path(toml_path), table)
-    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    return build(cls, values, source=str(toml_path) if toml_path else "config")
+        values = by_field(cls, _file_values(Path(toml_path), table), source)
+    values.update(by_field(cls, {key: value for key, value in (overrides or {}).items() if value is not None}))
+    return build(cls, values, source=source)
+
+
+def _saved_values(cls: type, path: Path) -> dict[str, Any]:
+    """A config.toml that `save` wrote, maybe by an older version, keyed by field: keys renamed since are read by
+    their old names, and values an older version wrote otherwise are upgraded (the class's `upgrade_saved`)."""
+    try:
+        values = by_field(cls, tomllib.loads(Path(path).read_text()), str(path))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    upgrade = getattr(cls, "upgrade_saved", None)
+    return upgrade(values) if upgrade is not None else values
+
+
+def saved_settings(cls: type, path: Path) -> dict[str, Any]:
+    """A saved config.toml as `to_dict` writes it now, settings added since at their defaults; not validated, so a
+    run can be compared with the settings it was made with."""
+    names = {field.name: toml_name(field) for field in dataclasses.fields(cls)}
+    values = _saved_values(cls, path)
+    return {**to_dict(cls()), **{names.get(key, key): _plain(value) for key, value in values.items()}}
+
+
+def load_saved(cls: type[C], path: Path) -> C:
+    """The config a run saved, read as `saved_settings` reads it and checked as `build` checks any."""
+    return build(cls, _saved_values(cls, path), source=str(path))
 
 
 def _file_values(path: Path, table: str | None) -> dict[str, Any]:
@@ -134,19 +243,20 @@ def parse_options(options: tuple[str, ...], what: str = "option") -> dict[str, A
     return parsed
 
 
+def _plain(value: Any) -> Any:
+    """A value as TOML holds it: Paths as strings, tuples as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [str(item) if isinstance(item, Path) else item for item in value]
+    return value
+
+
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain TOML-able dict of a config (Paths as strings, Nones dropped)."""
-    out = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if value is None:
-            continue
-        if isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = [str(item) if isinstance(item, Path) else item for item in value]
-        out[field.name] = value
-    return out
+    """Plain TOML-able dict of a config keyed by TOML names (each option's name: `lambda`, `batch_size`), Paths as
+    strings, Nones dropped."""
+    return {toml_name(field): _plain(getattr(config, field.name)) for field in dataclasses.fields(config)
+            if getattr(config, field.name) is not None}
 
 
 def save(config: Any, path: Path) -> Path:

@@ -15,12 +15,12 @@ from pipeline.features import (
     SEGMENT_VIDEO_FRAMES,
     SPEC_FRAMES_PER_SECOND,
     Crop,
-    n_segments,
     random_crop,
     repeat_pad,
     segment_means,
 )
 from pipeline.manifest import Entry
+from pipeline.targets import window_frames
 
 
 def _crop_peak(cache, key: str, crop: Crop, n_video_frames: int) -> np.ndarray:
@@ -121,12 +121,15 @@ def collate_frames(items):
 
 
 class RandomWindows(RandomFrames):
-    """Item = a random window on the 1 s grid: k random frames of each of its S segments, (S, k, H, W, 3).
+    """Item = a random window on the 1 s grid as a frame sequence in time order, (S·k, H, W, 3): every frame of
+    its S segments (k = 25, what export aggregates, Eq. 5) or k of each segment (sorted random picks: cheaper).
 
-    Utterances shorter than the window repeat their segments (as student crops repeat-pad)."""
+    Utterances shorter than the window repeat their frames (as student crops repeat-pad)."""
 
     def __init__(self, store_path: Path, keys: list[str], labels: list[int], window_seconds: int,
                  frames_per_segment: int):
+        if not 1 <= frames_per_segment <= SEGMENT_VIDEO_FRAMES:
+            raise ValueError(f"frames_per_segment must lie in [1, {SEGMENT_VIDEO_FRAMES}], got {frames_per_segment}")
         super().__init__(store_path, keys, labels, frames_per_segment)
         self.window_seconds = window_seconds
 
@@ -136,19 +139,20 @@ class RandomWindows(RandomFrames):
         key = self.keys[index]
         n_frames = self.store.length(key, "frames")
         crop = random_crop(n_frames, self.window_seconds)
-        segments = (crop.start_segment + torch.arange(crop.n_segments)) % n_segments(n_frames)  # (S,)
-        first = segments * SEGMENT_VIDEO_FRAMES
-        length = torch.clamp(n_frames - first, max=SEGMENT_VIDEO_FRAMES)  # a partial last segment is shorter
-        picks = first[:, None] + (torch.rand(len(segments), self.k) * length[:, None]).long()  # (S, k)
+        picks = window_frames(n_frames, crop.start_segment, self.window_seconds)  # (S·25,)
+        if self.k < SEGMENT_VIDEO_FRAMES:  # k random frames of each segment, kept in time order
+            by_segment = picks.reshape(-1, SEGMENT_VIDEO_FRAMES)  # (S, 25)
+            columns = np.sort(torch.rand(by_segment.shape).argsort(dim=1)[:, : self.k].numpy(), axis=1)  # (S, k)
+            picks = np.take_along_axis(by_segment, columns, axis=1).ravel()  # (S·k,)
         start, stop = int(picks.min()), int(picks.max()) + 1
-        frames = self.store.read(key, "frames", start, stop)[(picks - start).numpy()]  # (S, k, H, W, 3)
+        frames = self.store.read(key, "frames", start, stop)[picks - start]  # (S·k, H, W, 3)
         if torch.rand(()) < 0.5:
-            frames = frames[:, :, :, ::-1]  # horizontal flip
+            frames = frames[:, :, ::-1]  # horizontal flip
         return torch.from_numpy(np.ascontiguousarray(frames)), self.labels[index]
 
 
 def collate_windows(items):
-    """RandomWindows items → (B, S, k, H, W, 3) windows and a label per window."""
+    """RandomWindows items → (B, T, H, W, 3) frame sequences and a label per window."""
     return torch.stack([frames for frames, _ in items]), torch.tensor([label for _, label in items])
 
 

@@ -11,15 +11,18 @@ import torch
 from pipeline import distributed
 from pipeline import metrics as metric_fns
 from pipeline.distributed import SINGLE_PROCESS, Distributed
-from pipeline.features import SEGMENT_SPEC_FRAMES, repeat_pad, segment_means
+from pipeline.features import SEGMENT_SPEC_FRAMES, repeat_pad
 from pipeline.manifest import Entry
+
+_LEVELS = ("frame", "utterance")  # the teacher is scored per frame and per utterance
 
 
 @torch.inference_mode()
 def embed_spectrogram(model, spectrogram: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
     """(embedding (D,), logits (C,)) of one full-length utterance's (F, n_freq) spectrogram; under 1 s it is
     repeat-padded to 1 s."""
-    spectrogram = repeat_pad(spectrogram, SEGMENT_SPEC_FRAMES)
+    if len(spectrogram) < SEGMENT_SPEC_FRAMES:  # repeat_pad also cuts longer inputs: those stay full length
+        spectrogram = repeat_pad(spectrogram, SEGMENT_SPEC_FRAMES)
     embedding, logits = model(torch.from_numpy(np.ascontiguousarray(spectrogram, dtype=np.float32))[None].to(device))
     return embedding[0].float().cpu().numpy(), logits[0].float().cpu().numpy()
 
@@ -58,24 +61,33 @@ def verification(model, spectrograms, trials, device, job: Distributed = SINGLE_
 @torch.inference_mode()
 def evaluate_teacher(model, store, keys: list[str], labels: list[int], device, batch_frames: int = 256,
                      job: Distributed = SINGLE_PROCESS) -> dict:
-    """Frame accuracy and utterance accuracy: the mean of frame logits over every frame of the utterance, or
-    for a sequential teacher the aggregator over all its segment means (Eq. 5, 6)."""
+    """Accuracy (WA) and UA (unweighted average recall over the classes present) per frame and per utterance:
+    the mean of frame logits over every frame of the utterance, or for a sequential teacher the aggregator over
+    all its frame embeddings (Eq. 5)."""
     model.eval()
-    counts = {"frame_hits": 0, "frames": 0, "utterance_hits": 0, "utterances": 0}
+    # hits and totals per class and level, summed over ranks; every rank knows every label, so the same keys
+    counts = {f"{level}_{what}/{label}": 0 for level in _LEVELS for what in ("hits", "total") for label in set(labels)}
     for key, label in zip(distributed.shard(keys, job), distributed.shard(labels, job)):
         frames = torch.from_numpy(store.read(key, "frames"))
         outputs = [model(frames[i : i + batch_frames].to(device)) for i in range(0, len(frames), batch_frames)]
         logits = torch.cat([logit.float().cpu() for _, logit in outputs])
-        counts["frame_hits"] += int((logits.argmax(1) == label).sum())
-        counts["frames"] += len(logits)
+        counts[f"frame_hits/{label}"] += int((logits.argmax(1) == label).sum())
+        counts[f"frame_total/{label}"] += len(logits)
         if model.aggregator is None:
             utterance_logits = logits.mean(0)
         else:
-            embeddings = torch.cat([embedding.float().cpu() for embedding, _ in outputs]).numpy()
-            segments = torch.from_numpy(segment_means(embeddings))[None].to(device)  # (1, S, D)
-            utterance_logits = model.head(model.aggregate(segments))[0]
-        counts["utterance_hits"] += int(utterance_logits.argmax() == label)
-        counts["utterances"] += 1
+            frame_embeddings = torch.cat([embedding.float() for embedding, _ in outputs])[None]  # (1, T, D)
+            utterance_logits = model.head(model.aggregate(frame_embeddings))[0]
+        counts[f"utterance_hits/{label}"] += int(utterance_logits.argmax() == label)
+        counts[f"utterance_total/{label}"] += 1
     counts = distributed.sum_over_ranks(job, counts)
-    return {"frame_accuracy": counts["frame_hits"] / max(counts["frames"], 1),
-            "utterance_accuracy": counts["utterance_hits"] / max(counts["utterances"], 1)}
+    return {name: value for level in _LEVELS for name, value in _accuracy_and_ua(counts, level, set(labels)).items()}
+
+
+def _accuracy_and_ua(counts: dict, level: str, labels: set[int]) -> dict:
+    """{level}_accuracy (WA: hits over items) and {level}_ua (the mean of the per-class recalls)."""
+    hits = {label: counts[f"{level}_hits/{label}"] for label in labels}
+    totals = {label: counts[f"{level}_total/{label}"] for label in labels}
+    recalls = [hits[label] / totals[label] for label in labels if totals[label]]
+    return {f"{level}_accuracy": sum(hits.values()) / max(sum(totals.values()), 1),
+            f"{level}_ua": sum(recalls) / len(recalls) if recalls else 0.0}

@@ -213,7 +213,7 @@ def grid_table(cfg, summary: dict) -> list[str]:
 # (metrics.json key, label) of the student metrics the protocol's tables hold; WA equals top-1 accuracy
 REPORTED = (("top1", "WA (top-1)"), ("ua", "UA"))
 FOLD_CSV_COLUMNS = ["fold", "test_speakers", "val_speakers", "lambda", "method", "level", "arch", "seed", "top1", "wa",
-                    "ua", "val_accuracy", "teacher_accuracy", "teacher_fingerprint", "cache_keys",
+                    "ua", "val_accuracy", "teacher_accuracy", "teacher_ua", "teacher_fingerprint", "cache_keys",
                     "test_keys_in_cache", "train_seconds"]
 
 
@@ -229,7 +229,8 @@ def fold_rows(records: list[dict], lam: float | None) -> list[dict]:
     for record in records:
         row = {"fold": record["fold"], "test": " ".join(record["speakers"]["test"]),
                "val": " ".join(record["speakers"]["val"]),
-               "teacher": record["teacher"]["accuracy"] if record["teacher"] else None}
+               "teacher": record["teacher"]["accuracy"] if record["teacher"] else None,
+               "teacher_ua": record["teacher"].get("ua") if record["teacher"] else None}
         without, with_ = record["students"].get(0.0), record["students"].get(lam)
         for key, _ in REPORTED:
             row[f"without_{key}"] = without[key] if without else None
@@ -241,23 +242,25 @@ def fold_rows(records: list[dict], lam: float | None) -> list[dict]:
 
 def fold_statistics(rows: list[dict]) -> dict[str, Stat | None]:
     """Each per-fold column (teacher; without, with and change of every reported metric), mean ± std over folds."""
-    names = ("teacher", *(f"{part}_{key}" for part in ("without", "with", "change") for key, _ in REPORTED))
+    names = ("teacher", "teacher_ua",
+             *(f"{part}_{key}" for part in ("without", "with", "change") for key, _ in REPORTED))
     return {name: mean_std([row[name] for row in rows]) for name in names}
 
 
 def fold_tables(headline: dict, rows: list[dict], by_lambda: dict, lam: float | None) -> dict[str, list[str]]:
     """The protocol's tables by title: the mean over folds, one row per fold, and every λ."""
-    header = ["fold", "test subjects", "val subjects", "video teacher (WA)"]
+    header = ["fold", "test subjects", "val subjects", "video teacher (WA)", "video teacher (UA)"]
     for _, label in REPORTED:
         header += [f"{label} λ = 0", f"{label} λ = {MISSING if lam is None else f'{lam:g}'}", f"{label} change"]
     per_fold = []
     for row in rows:
-        cells = [str(row["fold"]), row["test"], row["val"], format_percent(row["teacher"])]
+        cells = [str(row["fold"]), row["test"], row["val"], format_percent(row["teacher"]),
+                 format_percent(row["teacher_ua"])]
         for key, _ in REPORTED:
             cells += [format_percent(row[f"without_{key}"]), format_percent(row[f"with_{key}"]),
                       format_change(row[f"change_{key}"])]
         per_fold.append(cells)
-    mean = [[label, format_stat(headline["teacher"]) if key == "top1" else MISSING,
+    mean = [[label, format_stat(headline["teacher" if key == "top1" else "teacher_ua"]),
              format_stat(headline[f"without_{key}"]), format_stat(headline[f"with_{key}"]),
              format_stat(headline[f"change_{key}"], unit="%")] for key, label in REPORTED]
     every_lambda = [[f"{value:g}", str(max((stat[2] for stat in entry.values() if stat is not None), default=0)),
@@ -278,6 +281,7 @@ def fold_csv_rows(cfg, records: list[dict]) -> list[dict]:
              "method": BASELINE if value == 0 else cfg.method, "level": cfg.level, "arch": cfg.arch,
              "seed": cfg.seed, **{key: student[key] for key in ("top1", "wa", "ua", "val_accuracy")},
              "teacher_accuracy": record["teacher"] and record["teacher"]["accuracy"],
+             "teacher_ua": record["teacher"] and record["teacher"].get("ua"),
              "teacher_fingerprint": record["teacher"] and record["teacher"]["fingerprint"],
              "cache_keys": record["cache"] and record["cache"]["cache_keys"],
              "test_keys_in_cache": record["cache"] and record["cache"]["test_keys_in_cache"],

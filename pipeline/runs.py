@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from cache import locks
 from cache.store import DISK_BACKENDS, SUFFIXES
 from pipeline.errors import MissingInputError
+
+R = TypeVar("R")
 
 
 def default_run_dir(dataset: str) -> Path:
@@ -41,7 +47,7 @@ def students_dir(run_dir: Path) -> Path:
 def write_json(path: Path, payload: dict) -> Path:
     """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share one
     temporary.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     os.replace(temporary, path)
     return path
@@ -54,7 +60,7 @@ def read_json(path: Path) -> dict:
 def save_checkpoint(payload: dict, path: Path) -> Path:
     """torch.save atomically, so an interrupted save never replaces a good checkpoint with half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(payload, temporary)
     os.replace(temporary, path)
     return path
@@ -107,3 +113,20 @@ def find_store(directory: Path, stem: str) -> Path:
         if path.exists():
             return path
     raise MissingInputError(f"{directory}: no {stem} store; run `avl stage prepare` first")
+
+
+def one_writer(lock_file: Callable[[Any], Path], every_rank: bool = False):
+    """Decorate a stage's `run(cfg)` to hold the exclusive lock `lock_file(cfg)` (`cache/locks.py`) for its whole
+    run, so a second process writing the same outputs is refused at once, naming the holder.
+
+    Under torchrun only rank 0 takes it (the ranks write one output together; if rank 0 is refused, torchrun
+    stops the others), unless `every_rank`: each rank then locks its own output (a part of a sharded store)."""
+    def decorate(run: Callable[[Any], R]) -> Callable[[Any], R]:
+        @functools.wraps(run)
+        def locked_run(cfg) -> R:
+            if not every_rank and rank_and_world_size()[0] != 0:
+                return run(cfg)
+            with locks.hold(lock_file(cfg)):
+                return run(cfg)
+        return locked_run
+    return decorate

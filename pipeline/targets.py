@@ -1,11 +1,12 @@
-"""What the teacher cache holds, computed from the teacher's outputs (stage 2): Eq. 4, 5 and 6 per utterance."""
+"""What the teacher cache holds, computed from the teacher's outputs (stage 2): Eq. 4, 5 and 6 per utterance;
+and the frames of a sequential teacher's window, which its training (stage 1) reads too."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, n_segments, segment_means
+from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, VIDEO_FPS, n_segments, segment_means
 
 
 def utterance_targets(embeddings: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
@@ -31,10 +32,28 @@ def window_segments(n_video_frames: int, window_seconds: int) -> list[tuple[int,
     return [(start, start + window) for start in range(whole - window + 1)]
 
 
-def window_targets(teacher, segments: np.ndarray, windows: list[tuple[int, int]], device) -> dict[str, np.ndarray]:
-    """`aggregator` (W, D) and `window_soft` (W, C) of a sequential teacher over each window's segment means (Eq. 5)."""
-    segments = torch.from_numpy(segments).to(device)
-    stacked = torch.stack([segments[first:stop] for first, stop in windows])  # (W, S, D): windows share a length
-    aggregate = teacher.aggregate(stacked)
+def window_frames(n_video_frames: int, start_segment: int, window_seconds: int) -> np.ndarray:
+    """Frame indices (window_seconds · 25,) of the window starting at `start_segment`, in time order. An utterance
+    shorter than the window repeats its frames, as a student's crop of it repeats its spectrogram rows."""
+    first = start_segment * SEGMENT_VIDEO_FRAMES
+    frames = np.arange(first, min(first + window_seconds * VIDEO_FPS, n_video_frames))
+    return np.resize(frames, window_seconds * VIDEO_FPS)  # np.resize tiles cyclically
+
+
+WINDOWS_PER_BATCH = 64  # windows of one utterance sent through the aggregator at once (bounds its memory)
+
+
+def window_targets(teacher, frame_embeddings: np.ndarray, window_seconds: int, device) -> dict[str, np.ndarray]:
+    """`aggregator` (W, D) and `window_soft` (W, C) of a sequential teacher over each training window's frame
+    embeddings (Eq. 5); `frame_embeddings` is the utterance's (T, D), windows as `window_segments`."""
+    n_frames = len(frame_embeddings)
+    indices = np.stack([window_frames(n_frames, first, window_seconds)
+                        for first, _ in window_segments(n_frames, window_seconds)])  # (W, L)
+    embeddings = torch.from_numpy(frame_embeddings).to(device)
+    aggregates = []
+    for start in range(0, len(indices), WINDOWS_PER_BATCH):
+        rows = torch.from_numpy(indices[start : start + WINDOWS_PER_BATCH]).to(device)
+        aggregates.append(teacher.aggregate(embeddings[rows]))  # (w, L, D) → (w, D)
+    aggregate = torch.cat(aggregates)
     return {"aggregator": aggregate.float().cpu().numpy(),
             "window_soft": teacher.head(aggregate).float().softmax(dim=1).cpu().numpy()}

@@ -29,13 +29,16 @@ class TrainingConfig:
         "help": "Dataset adapter; also names the default run dir runs/<dataset>.", "choices": DATASETS})
     run_dir: Path | None = field(default=None, metadata={
         "help": "Run directory shared by all stages (default: runs/<dataset>)."})
-    epochs: int = field(default=50, metadata={"help": "Training epochs."})
-    batch_size: int = field(default=32, metadata={"help": "Utterances per batch (per process under torchrun)."})
-    lr_min: float = field(default=1e-4, metadata={"help": "Lowest learning rate of the cyclical schedule."})
-    lr_max: float = field(default=1e-3, metadata={"help": "Highest learning rate of the cyclical schedule."})
-    cycle_epochs: float = field(default=4.0, metadata={"help": "Epochs per learning-rate cycle (up and down)."})
+    epochs: int = field(default=50, metadata={"help": "Training epochs.", "min": 1})
+    batch_size: int = field(default=32, metadata={
+        "help": "Utterances per batch (per process under torchrun).", "min": 1})
+    lr_min: float = field(default=1e-4, metadata={"help": "Lowest learning rate of the cyclical schedule.", "above": 0})
+    lr_max: float = field(default=1e-3, metadata={
+        "help": "Highest learning rate of the cyclical schedule (>= --lr-min).", "above": 0})
+    cycle_epochs: float = field(default=4.0, metadata={
+        "help": "Epochs per learning-rate cycle (up and down).", "above": 0})
     seed: int = field(default=0, metadata={"help": "Random seed."})
-    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes.", "min": 0})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
     precision: str = field(default="auto", metadata={
         "help": "bf16 (autocast) or fp32; auto: bf16 on CUDA, fp32 on the CPU.", "choices": PRECISIONS})
@@ -44,7 +47,7 @@ class TrainingConfig:
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the training step (the saved weights stay uncompiled)."})
     max_steps_per_epoch: int = field(default=0, metadata={
-        "help": "Stop every epoch after this many batches (smoke runs, benchmarks); 0: all."})
+        "help": "Stop every epoch after this many batches (smoke runs, benchmarks); 0: all.", "min": 0})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted run from its last epoch."})
     overwrite: bool = field(default=False, metadata={
         "help": "Replace a finished or unfinished run of the same name."})
@@ -57,9 +60,10 @@ class TrainingConfig:
         from pipeline import config as config_io
 
         if self.precision not in PRECISIONS:
-            raise config_io.ConfigError(f"{stage}: precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.max_steps_per_epoch < 0:
-            raise config_io.ConfigError(f"{stage}: max_steps_per_epoch must be >= 0")
+            raise config_io.ConfigError(f"{stage}: --precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.lr_min > self.lr_max:
+            raise config_io.ConfigError(f"{stage}: --lr-min ({self.lr_min:g}) must not exceed --lr-max "
+                                        f"({self.lr_max:g})")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -199,7 +203,7 @@ def claim_output_dir(out: Path, resume: bool, overwrite: bool) -> Path | None:
     if last.exists():
         if resume:
             return last
-        epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+        epoch = read_training_state(last)["epoch"]
         raise TrainingStateError(
             f"{out}: holds an unfinished run (stopped after epoch {epoch}); pass --resume to continue it "
             "or --overwrite to start again"
@@ -218,7 +222,7 @@ def start_run(out: Path, cfg, resume: bool, overwrite: bool) -> Path | None:
     saved = out / "config.toml"
     if resume_from is not None and saved.exists():
         ignored = INCIDENTAL_SETTINGS
-        before = {k: v for k, v in config_io.load(type(cfg), saved).__dict__.items() if k not in ignored}
+        before = {k: v for k, v in config_io.load_saved(type(cfg), saved).__dict__.items() if k not in ignored}
         now = {k: v for k, v in cfg.__dict__.items() if k not in ignored}
         changed = sorted(k for k in now if before.get(k) != now[k])
         if changed:
@@ -229,6 +233,19 @@ def start_run(out: Path, cfg, resume: bool, overwrite: bool) -> Path | None:
 
 class TrainingStateError(UserError, RuntimeError):
     """A run directory is in a state the requested action would damage; the message says what to do."""
+
+
+def read_training_state(path: Path) -> dict:
+    """An epoch checkpoint (last.pt); one that torch cannot read is a TrainingStateError naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 — torch raises many kinds for a damaged or foreign file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrainingStateError(f"{path}: not a readable epoch checkpoint ({reason}); pass --overwrite to start "
+                                 "the run again") from None
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise TrainingStateError(f"{path}: not an epoch checkpoint of avl; pass --overwrite to start the run again")
+    return state
 
 
 def save_training_state(path: Path, model: nn.Module, optimiser, scheduler, loader_generator: torch.Generator,
@@ -257,7 +274,7 @@ def save_training_state(path: Path, model: nn.Module, optimiser, scheduler, load
 def load_training_state(path: Path, model: nn.Module, optimiser, scheduler, loader_generator: torch.Generator,
                         job: Distributed = SINGLE_PROCESS) -> tuple[int, list[dict]]:
     """Restore a state saved by save_training_state; returns (last finished epoch, history so far)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_training_state(path)
     saved_world = state.get("world_size", 1)
     if saved_world != job.world_size:
         raise TrainingStateError(f"{path}: saved by {saved_world} process(es), resumed with {job.world_size}; "

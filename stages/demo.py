@@ -18,7 +18,8 @@ from stages import export_embeddings, prepare, train_student, train_teacher
 # Sizes: "small" is the demo (a few minutes on 2 CPU cores); "tiny" is for tests (seconds).
 SIZES = {
     "small": {
-        "synth": {"utterances_per_speaker": 24},
+        "synth": {"utterances_per_speaker": 24, "videos_per_speaker": 8},
+        "prepare": {"split": "70-10-20"},  # the paper's VoxCeleb protocol: whole videos to train/val/test
         "teacher": {"epochs": 8, "frames_per_utterance": 8, "batch_size": 16},
         "student": {"epochs": 16, "batch_size": 16, "lr_max": 2e-3},
     },
@@ -84,7 +85,7 @@ def run(cfg: DemoConfig) -> Path:
     common = {"run_dir": run_dir, "num_workers": cfg.num_workers}
 
     root = _corpus(cfg)
-    prepare.run(config_io.build(prepare.PrepareConfig, {"root": root, **common}, "demo"))
+    prepare.run(config_io.build(prepare.PrepareConfig, {"root": root, **common, **size.get("prepare", {})}, "demo"))
     teacher_out = train_teacher.run(config_io.build(
         train_teacher.TeacherConfig, {**common, "tiny": True, "device": cfg.device, "seed": cfg.seed, "overwrite": True, **size["teacher"]},
         "demo"))

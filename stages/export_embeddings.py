@@ -9,10 +9,11 @@ re-runs only the groups holding uncommitted keys and writes only those keys. Wit
 (or torchrun's RANK and WORLD_SIZE) rank r writes groups r, r + W, ... into `<out>/part-0000r.*`,
 and the directory reads as one store (`cache/parts.py`).
 
-A sequential teacher also writes, per utterance, one `aggregator` row (Eq. 5 over the window's segment
-means) and one `window_soft` row for every training window: window = `window_seconds` segments, starting
+A sequential teacher also writes, per utterance, one `aggregator` row (Eq. 5 over the window's frame
+embeddings) and one `window_soft` row for every training window: window = `window_seconds` segments, starting
 at every segment 0 .. max(0, S_whole − window) (stride 1 segment, the starts a student crop can have);
-an utterance shorter than the window gets one window over all of its segments.
+an utterance shorter than the window gets one window of its frames repeated to the window's length, as the
+student's crop of it is repeat-padded.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cache import locks
 from cache.backends import DISK_BACKENDS
 from cache.parts import is_parts_directory, part_path
 from cache.schema import TeacherCacheSpec, raise_problems
@@ -37,7 +39,7 @@ from pipeline.datasets.registry import DATASETS
 from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
 from pipeline.manifest import manifest_hash, read_manifest
 from pipeline.runs import STORE_SUFFIX, find_store
-from pipeline.targets import utterance_targets, window_segments, window_targets
+from pipeline.targets import utterance_targets, window_targets
 from pipeline.training import autocast, autocast_dtype
 
 
@@ -60,7 +62,7 @@ class ExportConfig:
     window_seconds: int | None = field(default=None, metadata={
         "help": "Sequential teachers: aggregator window, = the student's training crop (default: the teacher's "
                 "training window, else 5)."})
-    num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes."})
+    num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes.", "min": 0})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a cache made by another teacher."})
     # most commits rewrite the last, partly filled zarr shard, so frequent commits cost write bandwidth
@@ -137,6 +139,8 @@ def _open_cache(cfg: ExportConfig, cache: TeacherCacheSpec):
     return cache.create(path, backend=cfg.store, overwrite=cfg.overwrite, part=part)
 
 
+# each rank writes its own part of a sharded cache, so each locks its own store
+@runs.one_writer(lambda cfg: locks.beside(cfg.resolved_store), every_rank=True)
 def run(cfg: ExportConfig) -> Path:
     """Export the teacher's targets of every manifest utterance in `cfg.splits` (or this part's share); returns
     the store."""
@@ -219,8 +223,7 @@ def run(cfg: ExportConfig) -> Path:
                 targets = utterance_targets(embeddings[stop - length : stop], probabilities[stop - length : stop])
                 if spec.sequential:
                     with torch.inference_mode(), autocast(autocast_to, device):
-                        targets.update(window_targets(teacher, targets["segments"],
-                                                      window_segments(length, window_seconds), device))
+                        targets.update(window_targets(teacher, targets["frames"], window_seconds, device))
                 writer.write(key, targets)
                 exported += 1
                 progress.update()

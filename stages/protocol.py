@@ -20,12 +20,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cache import locks
 from cache.schema import TeacherCacheSpec
 from cache.store import open_store
 from pipeline import cells
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.datasets.registry import open_dataset
+from pipeline.datasets.registry import dataset_crop_seconds, open_dataset
 from pipeline.distill import LEVELS, METHODS
 from pipeline.folds import prepare_fold, stores_complete
 from pipeline.manifest import manifest_hash, read_manifest
@@ -75,7 +76,8 @@ class ProtocolConfig:
     # the dataset's protocol options, the same for every fold (None: the adapter's default)
     classes: str | None = field(default=None, metadata={
         "help": "RAVDESS: 7 (calm merged into neutral) or 8 classes."})
-    include_song: bool | None = field(default=None, metadata={"help": "RAVDESS: add the sung clips."})
+    include_song: bool | None = field(default=None, metadata={
+        "help": "RAVDESS: the sung clips (default: included, as the paper).", "flag": "--include-song/--no-song"})
     include_scripted: bool | None = field(default=None, metadata={
         "help": "IEMOCAP: scripted turns.", "flag": "--include-scripted/--no-scripted"})
     lambdas: tuple[float, ...] = field(default=(0.0, 0.4), metadata={
@@ -88,11 +90,14 @@ class ProtocolConfig:
     teacher_arch: str = field(default="resnet34", metadata={"help": "Teacher architecture.", "choices": TEACHERS})
     tiny: bool = field(default=False, metadata={"help": "Small teacher and student variants that train on a CPU."})
     epochs: int = field(default=50, metadata={
-        "help": "Student epochs (and teacher epochs unless --teacher-epochs)."})
-    teacher_epochs: int | None = field(default=None, metadata={"help": "Teacher epochs (default: --epochs)."})
+        "help": "Student epochs (and teacher epochs unless --teacher-epochs).", "min": 1})
+    teacher_epochs: int | None = field(default=None, metadata={
+        "help": "Teacher epochs (default: --epochs).", "min": 1})
     batch_size: int = field(default=32, metadata={
-        "help": "Student batch size, and the teacher's unless --teacher-set sets it."})
-    crop_seconds: int = field(default=5, metadata={"help": "Training crop length in whole seconds."})
+        "help": "Student batch size, and the teacher's unless --teacher-set sets it.", "min": 1})
+    crop_seconds: int | None = field(default=None, metadata={
+        "help": "Training crop length in whole seconds, and a sequential teacher's window (default: the dataset's, "
+                "as the paper: 4 s for RAVDESS and IEMOCAP).", "min": 1})
     seed: int = field(default=0, metadata={"help": "Random seed."})
     # any other stage setting, the same for every fold, as "key=value" with a TOML value ("lr_max=2e-3")
     student_options: tuple[str, ...] = field(default=(), metadata={
@@ -101,7 +106,7 @@ class ProtocolConfig:
         "help": "Any other stage-1 setting, KEY=VALUE; repeatable.", "flag": "--teacher-set", "repeatable": True})
     prepare_options: tuple[str, ...] = field(default=(), metadata={
         "help": "Any other stage-0 setting, KEY=VALUE; repeatable.", "flag": "--prepare-set", "repeatable": True})
-    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes.", "min": 0})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
 
     def validate(self) -> None:
@@ -116,12 +121,11 @@ class ProtocolConfig:
                 raise config_io.ConfigError(f"protocol: {axis} has repeated values: {list(values)}")
         if any(not 0.0 <= lam <= 1.0 for lam in self.lambdas):
             raise config_io.ConfigError(f"protocol: every λ must lie in [0, 1], got {list(self.lambdas)}")
-        if self.teacher_epochs is not None and self.teacher_epochs < 1:
-            raise config_io.ConfigError(f"protocol: teacher_epochs must be >= 1, got {self.teacher_epochs}")
-        for name, taken in (("student_options", STUDENT_KEYS), ("teacher_options", TEACHER_KEYS),
-                            ("prepare_options", PREPARE_KEYS)):
+        for name, taken, stage in (("student_options", STUDENT_KEYS, train_student.StudentConfig),
+                                   ("teacher_options", TEACHER_KEYS, train_teacher.TeacherConfig),
+                                   ("prepare_options", PREPARE_KEYS, prepare.PrepareConfig)):
             options = config_io.parse_options(getattr(self, name), f"protocol: {name}")
-            if clash := sorted(set(options) & set(taken)):
+            if clash := sorted(key for key in options if config_io.field_name(stage, key) in taken):
                 raise config_io.ConfigError(f"protocol: {name} may not set {clash}; they are protocol settings")
 
     @property
@@ -275,6 +279,8 @@ def run_fold(cfg: ProtocolConfig, fold: int, label: str) -> None:
     sweep.run(sweep_config(cfg, fold, fingerprint))
 
 
+# two protocols in one run directory would train the same folds: the second is refused
+@runs.one_writer(lambda cfg: locks.inside(cfg.resolved_run_dir))
 def run(cfg: ProtocolConfig) -> Path:
     """Prepare once, then every fold's teacher, cache and students, then the report; returns the report directory."""
     started = time.perf_counter()
@@ -287,8 +293,9 @@ def run(cfg: ProtocolConfig) -> Path:
             config_io.build(train_student.StudentConfig, cells.cell_settings(fold_sweep, cell),
                             source=f"sweep cell {cell.cell_id}")
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
-    config_io.save(cfg, cfg.report_dir / "protocol.toml")
     shared = prepare_shared(cfg)
+    cfg = replace(cfg, crop_seconds=cfg.crop_seconds or dataset_crop_seconds(shared))
+    config_io.save(cfg, cfg.report_dir / "protocol.toml")  # with the crop every fold trains with
     for fold in folds:  # every fold's manifest before any training: a fold without validation stops here
         write_fold_prepare(cfg, fold, shared)
     for index, fold in enumerate(folds, 1):
@@ -316,7 +323,8 @@ def collect(cfg: ProtocolConfig, folds: list[int]) -> list[dict]:
         if teacher_metrics.exists():
             teacher = runs.read_json(teacher_metrics)
             record["teacher"] = {"fingerprint": teacher["teacher_fingerprint"], "arch": teacher["arch"],
-                                 "accuracy": teacher["test"]["utterance_accuracy"]}
+                                 "accuracy": teacher["test"]["utterance_accuracy"],
+                                 "ua": teacher["test"].get("utterance_ua")}  # None: a teacher from before UA
             cache = export_config(cfg, fold).resolved_out
             if _finished_cache(cache, teacher["teacher_fingerprint"], prepared):
                 record["cache"] = check_cache(cache, prepared)  # the report re-checks: no leaked result is shown

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cache import locks
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.cells import (
@@ -29,6 +30,7 @@ from pipeline.cells import (
     collect,
     grid,
 )
+from pipeline.datasets.registry import dataset_crop_seconds
 from pipeline.distill import LEVELS, METHODS
 from pipeline.manifest import read_manifest
 from pipeline.models.students import STUDENTS
@@ -47,6 +49,8 @@ from pipeline.report import (
 from pipeline.training import FINISHED_MARKER, LAST_CHECKPOINT
 from stages import train_student
 
+REPORT_WAIT_SECONDS = 600.0  # another sweep of this name writing its report: wait for it, as it takes seconds
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -56,7 +60,7 @@ class SweepConfig:
         "help": "A run with stage 0 (and, for λ > 0, stages 1-2) done (default: runs/<dataset>)."})
     dataset: str = field(default="voxceleb", metadata={"help": "Dataset the run was prepared from."})
     name: str = field(default="sweep", metadata={
-        "help": "Sweep name: cells in RUN_DIR/students/NAME/, report in RUN_DIR/sweeps/NAME/."})
+        "help": "Sweep name: cells in RUN_DIR/students/NAME/, report in RUN_DIR/sweeps/NAME/.", "plain_name": True})
     lambdas: tuple[float, ...] = field(default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), metadata={"help": "λ values."})
     methods: tuple[str, ...] = field(default=("proposed",), metadata={
         "help": "Distillation methods.", "choices": METHODS})
@@ -67,13 +71,15 @@ class SweepConfig:
         "help": "Student architectures.", "choices": STUDENTS})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "Seeds."})
     tiny: bool = field(default=False, metadata={"help": "Small student variants that train on a CPU."})
-    epochs: int = field(default=50, metadata={"help": "Training epochs."})
-    batch_size: int = field(default=32, metadata={"help": "Utterances per batch."})
-    crop_seconds: int = field(default=5, metadata={"help": "Training crop length in whole seconds."})
+    epochs: int = field(default=50, metadata={"help": "Training epochs.", "min": 1})
+    batch_size: int = field(default=32, metadata={"help": "Utterances per batch.", "min": 1})
+    crop_seconds: int | None = field(default=None, metadata={
+        "help": "Training crop length in whole seconds (default: the dataset's, as the paper: VoxCeleb 5, RAVDESS "
+                "and IEMOCAP 4).", "min": 1})
     student_options: tuple[str, ...] = field(default=(), metadata={
         "help": "Any other stage-3 setting for every cell, KEY=VALUE with a TOML value (lr_max=2e-3); repeatable.",
         "flag": "--set", "repeatable": True})
-    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes.", "min": 0})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
     report_only: bool = field(default=False, metadata={
         "help": "Only rebuild the report from the cells finished so far; train nothing."})
@@ -87,10 +93,9 @@ class SweepConfig:
                 raise config_io.ConfigError(f"sweep: {axis} has repeated values: {list(values)}")
         if any(not 0.0 <= lam <= 1.0 for lam in self.lambdas):
             raise config_io.ConfigError(f"sweep: every λ must lie in [0, 1], got {list(self.lambdas)}")
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise config_io.ConfigError(f"sweep: name must be a plain folder name, got {self.name!r}")
         options = config_io.parse_options(self.student_options, "sweep: student option")
-        if taken := sorted(set(options) & set(SWEEP_KEYS)):
+        if taken := sorted(key for key in options
+                           if config_io.field_name(train_student.StudentConfig, key) in SWEEP_KEYS):
             raise config_io.ConfigError(f"sweep: student_options may not set {taken}; they are sweep settings")
 
     @property
@@ -115,27 +120,56 @@ def cell_config(cfg: SweepConfig, cell: Cell) -> train_student.StudentConfig:
 def run(cfg: SweepConfig) -> Path:
     """Train every unfinished cell, then write the report; returns the report directory."""
     started = time.perf_counter()
+    # resolved once, so every cell, sweep.toml and the report name the crop the cells train with
+    cfg = replace(cfg, crop_seconds=cfg.crop_seconds or dataset_crop_seconds(runs.prepare_dir(cfg.resolved_run_dir)))
     cells = grid(cfg)
     configs = {cell: cell_config(cfg, cell) for cell in cells}  # every cell checked before any trains
     read_manifest(runs.prepare_dir(cfg.resolved_run_dir))  # no stage 0: fails here, saying so
     report_dir = cfg.report_dir
-    report_dir.mkdir(parents=True, exist_ok=True)
-    config_io.save(cfg, report_dir / "sweep.toml")
-    trained = 0
+    with locks.hold(locks.inside(report_dir), wait_seconds=REPORT_WAIT_SECONDS):
+        config_io.save(cfg, report_dir / "sweep.toml")
+    trained, busy = 0, {}
     for index, cell in enumerate(cells, 1):
-        out = cell_dir(cfg, cell)
-        if (out / FINISHED_MARKER).exists():
-            check_finished_run(out, configs[cell], "give the sweep another --name, or remove the cell to retrain it")
-            continue
-        if cfg.report_only:
-            continue
-        resume = (out / LAST_CHECKPOINT).exists()
-        tqdm.write(f"sweep {cfg.name}: cell {index}/{len(cells)} {cell.cell_id}" + (" (resuming)" if resume else ""))
-        train_student.run(replace(configs[cell], resume=resume))
-        trained += 1
-    report = write_report(cfg, cells, time.perf_counter() - started, trained)
+        trained += train_cell(cfg, cell, configs[cell], f"cell {index}/{len(cells)}", busy)
+    # a second sweep of this name trains other cells meanwhile; what it held is picked up once it has let go
+    for cell in list(busy):
+        del busy[cell]
+        trained += train_cell(cfg, cell, configs[cell], "cell held earlier", busy)
+    for cell, holder in busy.items():
+        tqdm.write(f"sweep {cfg.name}: {cell.cell_id} is still being trained by another process "
+                   f"({locks.describe_holder(holder)}); run the sweep again once it has finished to report it")
+    with locks.hold(locks.inside(report_dir), wait_seconds=REPORT_WAIT_SECONDS):  # one report writer at a time
+        report = write_report(cfg, cells, time.perf_counter() - started, trained)
     tqdm.write(f"sweep {cfg.name}: {trained} cells trained this time; report → {report}")
     return report_dir
+
+
+def train_cell(cfg: SweepConfig, cell: Cell, cell_cfg: train_student.StudentConfig, label: str,
+               busy: dict[Cell, dict]) -> int:
+    """Train `cell` unless it is finished (then check it was made with these settings) or another process holds
+    it (then add it to `busy` with the holder); returns 1 if it trained here.
+
+    The cell's lock is held from the look at its directory to the end of training, so two sweeps of one name
+    share the cells and never train one together."""
+    out = cell_dir(cfg, cell)
+    if cfg.report_only and not (out / FINISHED_MARKER).exists():
+        return 0
+    try:
+        with locks.hold(locks.inside(out)):
+            if (out / FINISHED_MARKER).exists():
+                check_finished_run(out, cell_cfg, "give the sweep another --name, or remove the cell to retrain it")
+                return 0
+            if cfg.report_only:
+                return 0
+            resume = (out / LAST_CHECKPOINT).exists()
+            tqdm.write(f"sweep {cfg.name}: {label} {cell.cell_id}" + (" (resuming)" if resume else ""))
+            train_student.run(replace(cell_cfg, resume=resume))
+            return 1
+    except locks.LockedError as refusal:
+        busy[cell] = refusal.holder
+        tqdm.write(f"sweep {cfg.name}: {cell.cell_id} is being trained by another process "
+                   f"({locks.describe_holder(refusal.holder)}); skipped for now")
+        return 0
 
 
 # ---------------------------------------------------------------- report

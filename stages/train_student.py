@@ -6,20 +6,26 @@ aggregator = AGG) pick the loss, its gradient routing and the cached target each
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
+from cache import locks
 from cache.schema import TeacherCacheSpec
-from cache.store import open_store
+from cache.store import StoreError, open_store
 from pipeline import checkpoints, distributed, runs
+from pipeline.audio_only import refuse_distillation_without_faces
+from pipeline.errors import MissingInputError
 from pipeline import config as config_io
 from pipeline.data import TARGET_FIELDS, WINDOW_TARGETS, Crops
+from pipeline.datasets.registry import dataset_crop_seconds
+from pipeline.datasets.trial_speakers import check_prepared
 from pipeline.distill import LEVELS, METHODS, build_method
 from pipeline.evaluate import identification, verification
 from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, VIDEO_FPS
-from pipeline.manifest import Entry, read_classes, read_splits, read_trials
+from pipeline.manifest import MANIFEST, Entry, manifest_hash, read_classes, read_manifest, read_splits, read_trials
 from pipeline.models.spec import ModelSpec
 from pipeline.models.students import STUDENTS, build_student
 from pipeline.runs import find_store
@@ -44,16 +50,26 @@ class StudentConfig(TrainingConfig):
         "help": "non-sequential (Eq. 8), encoder (EM, Eq. 12) or aggregator (AGG, Eq. 13); encoder and "
                 "aggregator train a sequential student.", "choices": LEVELS})
     lam: float = field(default=0.4, metadata={
-        "help": "Distillation weight λ in [0, 1] (0 = no distillation).", "flag": "--lambda"})
+        "help": "Distillation weight λ in [0, 1] (0 = no distillation).", "flag": "--lambda", "min": 0.0, "max": 1.0})
     distance: str = field(default="mse", metadata={"help": "Distance D to the teacher embedding: mse or cosine."})
     target: str = field(default="crop-peak", metadata={
         "help": "Non-sequential level: the peak frame inside the crop (crop-peak) or of the whole utterance "
                 "(utterance-peak).", "choices": TARGETS})
-    temperature: float = field(default=2.0, metadata={"help": "Soft-label baseline: temperature T of Eq. 1."})
-    crop_seconds: int = field(default=5, metadata={"help": "Training crop length in whole seconds."})
-    name: str | None = field(default=None, metadata={"help": "Run name under RUN_DIR/students/."})
+    temperature: float = field(default=2.0, metadata={
+        "help": "Soft-label baseline: temperature T of Eq. 1.", "above": 0.0})
+    crop_seconds: int | None = field(default=None, metadata={
+        "help": "Training crop length in whole seconds (default: the dataset's, as the paper: VoxCeleb 5, RAVDESS "
+                "and IEMOCAP 4); longer utterances are cut, shorter ones repeat-padded.", "min": 1})
+    name: str | None = field(default=None, metadata={
+        "help": "Run name: the folder under RUN_DIR/students/ (one name, no '/').", "plain_name": True})
+    sweep: str | None = field(default=None, metadata={
+        "help": "The sweep this run is a cell of: it goes to RUN_DIR/students/SWEEP/NAME (`avl sweep` sets it).",
+        "plain_name": True})
     expect_teacher: str | None = field(default=None, metadata={
-        "help": "Refuse a cache not made by this teacher fingerprint (or prefix)."})
+        "help": "Refuse a cache not made by this teacher fingerprint (sha256, or at least its first 12 hex digits)."})
+    accept_foreign_cache: bool = field(default=False, metadata={
+        "help": "Train on a cache made for another manifest or by another teacher than this run's (recorded in "
+                "config.toml and metrics.json); utterances whose cached frame counts differ are left out."})
 
     def validate(self) -> None:
         self.validate_training("train-student")
@@ -63,16 +79,22 @@ class StudentConfig(TrainingConfig):
             raise config_io.ConfigError(f"train-student: unknown method {self.method!r}; known: {sorted(METHODS)}")
         if self.level not in LEVELS:
             raise config_io.ConfigError(f"train-student: unknown level {self.level!r}; known: {LEVELS}")
-        if self.temperature <= 0:
-            raise config_io.ConfigError(f"train-student: temperature must be > 0, got {self.temperature}")
         if self.target not in TARGETS:
             raise config_io.ConfigError(f"train-student: unknown target {self.target!r}; known: {TARGETS}")
         if self.distance not in ("mse", "cosine"):
             raise config_io.ConfigError(f"train-student: distance must be 'mse' or 'cosine', got {self.distance!r}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise config_io.ConfigError(f"train-student: lambda must lie in [0, 1], got {self.lam}")
-        if self.crop_seconds < 1:
-            raise config_io.ConfigError("train-student: crop_seconds must be >= 1")
+        if self.expect_teacher is not None and not re.fullmatch(r"[0-9a-f]{12,64}", self.expect_teacher):
+            raise config_io.ConfigError(f"train-student: --expect-teacher must be a teacher fingerprint (sha256: 64 "
+                                        f"hex digits, or at least the first 12), got {self.expect_teacher!r}")
+
+    @staticmethod
+    def upgrade_saved(values: dict) -> dict:
+        """A sweep cell's config.toml from before `sweep` was a setting named the cell SWEEP/CELL."""
+        name = values.get("name")
+        if isinstance(name, str) and "/" in name and values.get("sweep") is None:
+            sweep, _, name = name.partition("/")
+            return {**values, "sweep": sweep, "name": name}
+        return values
 
     @property
     def sequential(self) -> bool:
@@ -85,6 +107,11 @@ class StudentConfig(TrainingConfig):
             return self.name
         variant = [part for part, default in ((self.arch, "resnet"), (self.level, "non-sequential")) if part != default]
         return "-".join([*variant, self.method, f"lambda{self.lam:g}", f"seed{self.seed}"])
+
+    @property
+    def out_dir(self) -> Path:
+        """RUN_DIR/students/[SWEEP/]NAME: where this run writes."""
+        return runs.students_dir(self.resolved_run_dir) / (self.sweep or "") / self.run_name
 
 
 def open_checked_cache(path: Path, classes: list[str], entries: list[Entry], expect_teacher: str | None,
@@ -104,28 +131,82 @@ def open_checked_cache(path: Path, classes: list[str], entries: list[Entry], exp
     return cache
 
 
+def foreign_cache(path: Path, prepared: Path, teacher: Path) -> tuple[list[str], list[str]]:
+    """What makes the cache at `path` another run's than the one of `prepared` and `teacher` (its teacher.pt): the
+    manifest it was made for (its sha256, and each cached utterance's frame count) and its teacher (when teacher.pt
+    exists); and the manifest keys whose cached frame counts differ, in manifest order."""
+    problems = []
+    with open_store(path) as cache:
+        counts = {entry.key: (cache.length(entry.key, "frames"), entry.n_video_frames)
+                  for entry in read_manifest(prepared) if entry.key in cache}
+        stale = [key for key, (cached, listed) in counts.items() if cached != listed]
+        recorded, digest = cache.attrs.get("manifest_sha256"), manifest_hash(prepared)
+        made_by = cache.attrs.get("teacher_fingerprint")
+    if recorded != digest or stale:
+        first = (f"; {len(stale)} utterances have other frame counts, the first {stale[0]!r}: "
+                 f"{counts[stale[0]][0]} frames in the cache, {counts[stale[0]][1]} in the manifest") if stale else ""
+        problems.append(f"it was made for manifest {recorded}, this run's {prepared / MANIFEST} is {digest}{first}")
+    if teacher.is_file() and made_by != (fingerprint := runs.file_sha256(teacher)):
+        problems.append(f"it was made by teacher {made_by}, this run's {teacher} is teacher {fingerprint}")
+    return problems, stale
+
+
+def accepted_cache(path: Path, prepared: Path, teacher: Path, train: list[Entry],
+                   accept_foreign: bool) -> tuple[list[Entry], dict | None]:
+    """Refuse a cache that is not this run's (`foreign_cache`) unless `accept_foreign`; then returns the training
+    entries without those whose cached frame counts differ, and what was accepted (None: nothing)."""
+    problems, stale = foreign_cache(path, prepared, teacher)
+    if not problems:
+        return train, None
+    if not accept_foreign:
+        raise StoreError(f"{path}: not this run's teacher cache: {'; '.join(problems)}; export it again for this run "
+                         "(`avl stage export-embeddings --overwrite`), or pass --accept-foreign-cache to train on it")
+    stale_keys = set(stale)
+    left_out = [entry.key for entry in train if entry.key in stale_keys]
+    tqdm.write(f"train-student: training on a foreign cache ({'; '.join(problems)}); {len(left_out)} training "
+               "utterances left out for their frame counts")
+    return [entry for entry in train if entry.key not in stale_keys], {"accepted": problems, "left_out": left_out}
+
+
+def resolve_crop(cfg: StudentConfig) -> StudentConfig:
+    """`cfg` with the dataset's crop length when none was given (from the prepared run's dataset.json)."""
+    if cfg.crop_seconds is not None:
+        return cfg
+    return replace(cfg, crop_seconds=dataset_crop_seconds(runs.prepare_dir(cfg.resolved_run_dir)))
+
+
+@runs.one_writer(lambda cfg: locks.inside(cfg.out_dir))
 def run(cfg: StudentConfig) -> Path:
     """Train the student; writes student.pt (self-contained), metrics.json, history.png, config.toml.
 
     Under torchrun every rank trains on its DistributedSampler share; rank 0 writes the outputs."""
+    cfg = resolve_crop(cfg)  # before config.toml is written: the run records the crop it trained with
     run_dir = cfg.resolved_run_dir
     prepared = runs.prepare_dir(run_dir)
-    out = runs.students_dir(run_dir) / cfg.run_name
-    device, job, resume_from = start_training(cfg, out)
+    trial_speakers_in_training = check_prepared(prepared)
+    out = cfg.out_dir
     by_split = read_splits(prepared)
     classes = read_classes(prepared)
     class_index = {name: i for i, name in enumerate(classes)}
     train = by_split["train"]
-    spectrogram_path = find_store(prepared, "spectrograms")
-    spectrograms = open_store(spectrogram_path)
 
-    cache_path, cache, fingerprint, embed_dim = None, None, None, 512
+    # the cache is checked before the run directory is claimed: a refused run leaves nothing behind
+    cache_path, cache, fingerprint, embed_dim, foreign = None, None, None, 512, None
     target_kind = METHODS[cfg.method].target_for(cfg.level, cfg.target) if cfg.lam > 0 else None
     if cfg.lam > 0:
-        cache_path = cfg.cache or find_store(runs.embeddings_dir(run_dir), cfg.dataset)
+        try:
+            cache_path = cfg.cache or find_store(runs.embeddings_dir(run_dir), cfg.dataset)
+        except MissingInputError:
+            refuse_distillation_without_faces(prepared, train, cfg.lam)  # the likely reason: an --audio-only run
+            raise
+        train, foreign = accepted_cache(cache_path, prepared, runs.teacher_checkpoint(run_dir), train,
+                                        cfg.accept_foreign_cache)
         cache = open_checked_cache(cache_path, classes, train, cfg.expect_teacher, target_kind, cfg.crop_seconds)
         fingerprint, embed_dim = cache.attrs["teacher_fingerprint"], int(cache.attrs["embed_dim"])
         cache.close()
+    device, job, resume_from = start_training(cfg, out)
+    spectrogram_path = find_store(prepared, "spectrograms")
+    spectrograms = open_store(spectrogram_path)
 
     spec = ModelSpec(cfg.arch, cfg.tiny, len(classes), embed_dim, cfg.sequential)
     model = build_student(spec).to(device)
@@ -159,8 +240,11 @@ def run(cfg: StudentConfig) -> Path:
         "parameters": sum(p.numel() for p in model.parameters()),
         "teacher_fingerprint": fingerprint,
         "cache": str(cache_path) if cache_path else None,
+        "foreign_cache": foreign,
         "identification": identification(model, spectrograms, by_split["test"], class_index, device, job),
         "verification": verification(model, spectrograms, trials, device, job),
+        "trial_speakers_in_training": len(trial_speakers_in_training),
+        "crop_seconds": cfg.crop_seconds,
         "train_seconds": sum(row["seconds"] for row in history),
         "processes": job.world_size,
         "precision": str(autocast).removeprefix("torch.") if autocast else "float32",

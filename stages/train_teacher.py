@@ -1,23 +1,25 @@
 """Stage 1: train a video teacher on the face-crop frame store.
 
 Non-sequential: random frames of each utterance, CE per frame. Sequential: a random window of
-`window_seconds` on the 1 s grid; each segment is represented by the mean embedding of
-`frames_per_segment` random frames of it (export uses all 25), the aggregator pools the segments,
-CE per window. Subsampling frames keeps a training batch at B·S·k frames instead of B·S·25.
+`window_seconds` on the 1 s grid; the aggregator reads the window's frame embeddings in time order
+(Eq. 5), CE per window. By default that is every frame (25 per segment), the sequence export aggregates;
+`frames_per_segment` k < 25 reads k random frames of each segment instead (a batch of B·S·k frames, not
+B·S·25: cheaper, at the price of a sparser sequence than export's).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
+from cache import locks
 from cache.store import open_store
 from pipeline import checkpoints, distributed, runs
 from pipeline import config as config_io
 from pipeline.data import RandomFrames, RandomWindows, collate_frames, collate_windows
+from pipeline.datasets.registry import dataset_crop_seconds
 from pipeline.evaluate import evaluate_teacher
 from pipeline.manifest import read_classes, read_splits
 from pipeline.models.spec import ModelSpec
@@ -35,15 +37,17 @@ class TeacherConfig(TrainingConfig):
     tiny: bool = field(default=False, metadata={"help": "Small variant that trains on a CPU."})
     embed_dim: int = field(default=512, metadata={"help": "Embedding size (the student matches it)."})
     batch_size: int = field(default=32, metadata={
-        "help": "Utterances per batch; each contributes --frames-per-utterance frames."})
+        "help": "Utterances per batch; each contributes --frames-per-utterance frames.", "min": 1})
     frames_per_utterance: int = field(default=8, metadata={"help": "Random frames drawn per utterance per epoch."})
     sequential: bool = field(default=False, metadata={
-        "help": "Add the 2×BiLSTM + attention aggregator (Eq. 5); train on windows."})
-    window_seconds: int = field(default=5, metadata={
-        "help": "Sequential: training window in seconds (= the student's crop); export caches aggregator rows "
-                "of this length."})
-    frames_per_segment: int = field(default=4, metadata={
-        "help": "Sequential: random frames per 1 s segment in training."})
+        "help": "Add the aggregator of Table 3 (2×BiLSTM, two FC+ReLU, attention) over frame embeddings "
+                "(Eq. 5); train on windows."})
+    window_seconds: int | None = field(default=None, metadata={
+        "help": "Sequential: training window in seconds (= the student's crop; default: the dataset's, as the "
+                "paper: VoxCeleb 5, RAVDESS and IEMOCAP 4); export caches aggregator rows of this length."})
+    frames_per_segment: int = field(default=25, metadata={
+        "help": "Sequential: frames of each 1 s segment the aggregator reads in training, in time order: 25 is "
+                "every frame (as export, Eq. 5); fewer is cheaper.", "max": 25})
     init_weights: Path | None = field(default=None, metadata={"help": "Local weights file to initialise the teacher."})
 
     def validate(self) -> None:
@@ -51,12 +55,15 @@ class TeacherConfig(TrainingConfig):
         if self.arch not in TEACHERS:
             raise config_io.ConfigError(f"train-teacher: unknown arch {self.arch!r}; registered: {sorted(TEACHERS)}")
         counts = ("epochs", "batch_size", "frames_per_utterance", "window_seconds", "frames_per_segment")
-        if any(getattr(self, name) < 1 for name in counts):
+        if any(getattr(self, name) is not None and getattr(self, name) < 1 for name in counts):
             raise config_io.ConfigError(f"train-teacher: {', '.join(counts)} must be >= 1")
 
 
+@runs.one_writer(lambda cfg: locks.inside(runs.teacher_dir(cfg.resolved_run_dir)))
 def run(cfg: TeacherConfig) -> Path:
     """Train the teacher; writes teacher.pt, metrics.json, history.png and config.toml."""
+    if cfg.sequential and cfg.window_seconds is None:  # resolved before config.toml records it
+        cfg = replace(cfg, window_seconds=dataset_crop_seconds(runs.prepare_dir(cfg.resolved_run_dir)))
     run_dir = cfg.resolved_run_dir
     prepared = runs.prepare_dir(run_dir)
     out = runs.teacher_dir(run_dir)
@@ -71,7 +78,7 @@ def run(cfg: TeacherConfig) -> Path:
     spec = ModelSpec(cfg.arch, cfg.tiny, len(classes), cfg.embed_dim, cfg.sequential)
     model = build_teacher(spec)
     if cfg.init_weights is not None:
-        state = torch.load(cfg.init_weights, map_location="cpu", weights_only=True)
+        state = checkpoints.read_file(cfg.init_weights, "weights file")
         report = load_initial_weights(model, state)
         if job.is_main:
             tqdm.write(f"train-teacher: initialised {len(report['loaded'])} tensors from {cfg.init_weights} "
@@ -121,8 +128,9 @@ def run(cfg: TeacherConfig) -> Path:
     }
     finish_run(out, metrics, ("loss", "train_accuracy", "val_utterance_accuracy"), "teacher")
     tqdm.write(
-        f"train-teacher: test utterance accuracy {test_metrics['utterance_accuracy']:.3f}, "
-        f"frame accuracy {test_metrics['frame_accuracy']:.3f} → {checkpoint}"
+        f"train-teacher: test utterance accuracy (WA) {test_metrics['utterance_accuracy']:.3f}, UA "
+        f"{test_metrics['utterance_ua']:.3f}; frame accuracy {test_metrics['frame_accuracy']:.3f}, UA "
+        f"{test_metrics['frame_ua']:.3f} → {checkpoint}"
     )
     distributed.teardown(job)
     return out

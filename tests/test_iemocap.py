@@ -128,6 +128,7 @@ def test_describe(tree: Path) -> None:
     assert summary["dropped_by_emotion"] == {"fru": 4, "xxx": 4} and summary["labelled_turns"] == 24
     assert summary["counts"]["by_split"] == {"test": 8, "train": 7, "val": 1}  # Ses02F speaks 1 kept turn
     assert summary["missing"]["dialog_videos"] == [] and summary["val_speakers"] == ["Ses02F"]
+    assert summary["crop_seconds"] == 4  # the paper's crop, which stages 1 and 3 default to
 
 
 def test_missing_videos(tmp_path: Path) -> None:

@@ -8,18 +8,18 @@ import torch.nn.functional as F
 from pipeline.distill import LEVELS, METHODS, build_method, embedding_distance, soft_label_divergence
 from pipeline.models.spec import ModelSpec
 from pipeline.models.students import AudioStudent
-from pipeline.models.vgg import ConvStackSpec
+from pipeline.models.vgg import PooledConvSpec
 
 EMBED, CLASSES, BATCH, N_FREQ, N_FRAMES, TEMPERATURE = 16, 3, 4, 16, 200, 2.0  # 200 frames = 2 segments
 # Routing does not depend on the trunk (every registered one is tested in test_models.py): a one-conv
 # trunk keeps these float64 checks fast.
-TRUNK = ConvStackSpec((("conv", 4, 3, 2), ("pool", 3, 2)))
+TRUNK = PooledConvSpec(((4,),))
 
 
 def _student(level: str):
     torch.manual_seed(0)
     spec = ModelSpec("test", tiny=True, num_classes=CLASSES, embed_dim=EMBED, sequential=level != "non-sequential")
-    return AudioStudent(spec, TRUNK).double()  # float64: the comparisons below are exact up to rounding
+    return AudioStudent(spec, TRUNK, n_freq=N_FREQ).double()  # float64: the comparisons below are exact up to rounding
 
 
 def _method(name: str, level: str, distance: str = "mse"):

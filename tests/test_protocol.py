@@ -13,7 +13,9 @@ import contextlib
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from test_iemocap import write_session
 from test_ravdess import _clip
 from typer.testing import CliRunner
@@ -24,6 +26,7 @@ from pipeline import runs
 from pipeline.cli import app
 from pipeline.data import Crops, RandomFrames
 from pipeline.datasets.base import DatasetError
+from pipeline.evaluate import evaluate_teacher
 from pipeline.folds import fold_entries
 from pipeline.manifest import Entry, write_manifest
 from stages import export_embeddings, protocol, train_student, train_teacher
@@ -129,8 +132,9 @@ def ravdess_run(tmp_path_factory, one_torch_thread) -> tuple[Path, dict, dict]:
     """A 3-actor RAVDESS protocol run end to end, then run again; (run dir, first log, second log)."""
     work = tmp_path_factory.mktemp("ravdess-protocol")
     root = _make_ravdess(work / "ravdess", ("01", "02", "03"))
+    settings = {key: value for key, value in TINY.items() if key != "crop_seconds"}  # RAVDESS's own: 4 s
     cfg = config_io.build(protocol.ProtocolConfig, {"dataset": "ravdess", "root": root, "run_dir": work / "run",
-                                                    **TINY})
+                                                    **settings})
     with recording_training_keys() as first:
         protocol.run(cfg)
     with recording_training_keys() as again:
@@ -155,6 +159,15 @@ def test_ravdess_report_and_resume(ravdess_run):
     assert {row["test_keys_in_cache"] for row in rows} == {"0"}
     summary = runs.read_json(run_dir / "protocol" / "summary.json")
     assert summary["lambda_with_distillation"] == 0.4 and summary["mean_over_folds"]["with_ua"]["n"] == 3
+    # the teacher's UA is its own (per-class recall averaged), reported beside the students' UA
+    teachers = [runs.read_json(run_dir / f"fold-{fold}" / "teacher" / "metrics.json")["test"] for fold in (1, 2, 3)]
+    assert all(0 <= t["utterance_ua"] <= 1 and 0 <= t["frame_ua"] <= 1 for t in teachers)
+    assert summary["mean_over_folds"]["teacher_ua"]["mean"] == pytest.approx(
+        sum(t["utterance_ua"] for t in teachers) / 3)
+    assert "video teacher (UA)" in report and {row["teacher_ua"] for row in rows} != {""}
+    # no crop given: every student trained on RAVDESS's 4 s crops (the paper's), and its config says so
+    assert "4 s crops" in report and summary["config"]["crop_seconds"] == 4
+    assert {runs.read_json(path)["crop_seconds"] for path in run_dir.glob("fold-*/students/**/metrics.json")} == {4}
     assert [fold["cache"]["cache_splits"] for fold in summary["per_fold"]] == [["train", "val"]] * 3
     # folds share the decoded stores: links, not copies
     assert (run_dir / "fold-2" / "prepare" / "faces.zarr").resolve() == (run_dir / "shared/prepare/faces.zarr").resolve()
@@ -233,3 +246,29 @@ def test_config_errors_name_the_problem(tmp_path):
     sequential = config_io.build(protocol.ProtocolConfig, {"root": tmp_path, "level": "encoder", "crop_seconds": 3})
     teacher = protocol.teacher_config(sequential, 1)
     assert teacher.sequential and teacher.window_seconds == 3  # the cache's windows are the student's crops
+
+
+class _OneHotTeacher(torch.nn.Module):
+    """A teacher whose frames are their own logits: what each frame predicts is written in it."""
+
+    aggregator = None
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return frames, frames
+
+
+class _Frames:
+    def __init__(self, frames: dict[str, np.ndarray]):
+        self.frames = frames
+
+    def read(self, key: str, field: str) -> np.ndarray:
+        return self.frames[key]
+
+
+def test_teacher_ua_is_the_mean_recall_over_classes():
+    one_hot = np.eye(2, dtype=np.float32)
+    # class 0: three utterances, every frame right; class 1: one utterance, one of its two frames right
+    frames = {"a": one_hot[[0, 0]], "b": one_hot[[0, 0]], "c": one_hot[[0, 0]], "d": one_hot[[0, 0, 1]]}
+    metrics = evaluate_teacher(_OneHotTeacher(), _Frames(frames), list(frames), [0, 0, 0, 1], "cpu")
+    assert metrics["utterance_accuracy"] == 3 / 4 and metrics["utterance_ua"] == (1 + 0) / 2
+    assert metrics["frame_accuracy"] == 7 / 9 and metrics["frame_ua"] == pytest.approx((1 + 1 / 3) / 2)

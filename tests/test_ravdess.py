@@ -8,11 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_media import _write_mp4, _write_wav
+from typer.testing import CliRunner
 
+from pipeline import config as config_io
+from pipeline import runs
+from pipeline.cli import app
+from pipeline.data import Crops
 from pipeline.datasets.base import DatasetError
-from pipeline.datasets.ravdess import Ravdess, RavdessCode, parse_filename
-from pipeline.datasets.registry import DATASETS, open_dataset
+from pipeline.datasets.ravdess import CLASS_SETS, Ravdess, RavdessCode, parse_filename
+from pipeline.datasets.registry import DATASETS, dataset_crop_seconds, open_dataset
+from pipeline.manifest import Entry, read_classes, read_manifest
 from pipeline.media import decode_audio, load_audio_visual
+from stages import train_student
 
 SHARED_RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
 needs_shared = pytest.mark.skipif(not SHARED_RAVDESS.is_dir(), reason=f"real RAVDESS not found at {SHARED_RAVDESS}")
@@ -51,7 +58,9 @@ def test_parse_filename_fields() -> None:
 def test_pairs_video_only_mp4_with_audio_only_wav(av_tree: Path) -> None:
     dataset = DATASETS["ravdess"](av_tree)
     utterances = {u.key: u for u in dataset.utterances()}
-    assert len(utterances) == 6  # song excluded by default, audio-only not listed
+    assert len(utterances) == 7  # song included by default (as the paper), audio-only not listed
+    assert utterances["Actor_01/02-04-01-01-01-01"].label == "sad"  # the song clip
+    assert len(Ravdess(av_tree, include_song=False).utterances()) == 6
     assert list(utterances) == sorted(utterances)
     full = utterances["Actor_01/01-03-01-01-01-01"]
     assert full.video_path == full.audio_path == av_tree / "Actor_01/01-01-03-01-01-01-01.mp4"
@@ -93,8 +102,10 @@ def test_describe_counts_and_what_is_missing(av_tree: Path) -> None:
     assert summary["protocol"] == "leave-one-actor-out" and summary["test_actors"] == ["Actor_02"]
     assert summary["class_mapping"]["calm"] == "neutral"
     assert summary["files"] == {"full-AV": 4, "video-only": 3, "audio-only": 4}
-    assert summary["missing"] == {"no_video": 1, "no_audio": 0} and summary["excluded_song"] == 1
-    assert summary["counts"]["by_split"] == {"test": 2, "train": 2, "val": 2}
+    assert summary["missing"] == {"no_video": 1, "no_audio": 0} and summary["excluded_song"] == 0
+    assert summary["include_song"] is True and summary["crop_seconds"] == 4  # the paper's protocol by default
+    assert summary["counts"]["by_split"] == {"test": 2, "train": 3, "val": 2}
+    assert Ravdess(av_tree, fold=2, include_song=False).describe()["excluded_song"] == 1
     assert summary["ignored_files"]["count"] == 1  # README.wav; the ._ file is hidden, not ignored
 
 
@@ -128,11 +139,11 @@ def test_boxes_dir_points_each_utterance_at_its_face_boxes(av_tree: Path, tmp_pa
     for key in keys[:-1]:
         (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
         np.save(tmp_path / f"{key}.npy", np.tile([4.0, 4.0, 28.0, 28.0], (25, 1)))
-    with pytest.raises(DatasetError, match=f"no face boxes .* for 1 of 6 utterances, first: {keys[-1]}"):
+    with pytest.raises(DatasetError, match=f"no face boxes .* for 1 of 7 utterances, first: {keys[-1]}"):
         Ravdess(av_tree, boxes_dir=tmp_path).utterances()
     (tmp_path / f"{keys[-1]}.txt").write_text("4 4 28 28\n" * 25)
     utterances = Ravdess(av_tree, boxes_dir=tmp_path).utterances()
-    assert [u.boxes_path.suffix for u in utterances] == [".npy"] * 5 + [".txt"]
+    assert [u.boxes_path.suffix for u in utterances] == [".npy"] * 6 + [".txt"]
 
 
 def test_open_dataset_passes_only_the_options_that_are_set(av_tree: Path) -> None:
@@ -143,3 +154,47 @@ def test_open_dataset_passes_only_the_options_that_are_set(av_tree: Path) -> Non
         open_dataset("ravdess", av_tree, split="70-10-20")
     with pytest.raises(DatasetError, match="unknown dataset 'crema'"):
         open_dataset("crema", av_tree)
+
+
+def test_stage0_records_the_papers_protocol_and_stage3_crops_4_s(av_tree: Path, tmp_path: Path) -> None:
+    for options, n_clips in (((), 7), (("--no-song",), 6)):
+        run_dir = tmp_path / f"run{n_clips}"
+        result = CliRunner().invoke(app, ["stage", "prepare", "--dataset", "ravdess", "--root", str(av_tree),
+                                          "--run-dir", str(run_dir), "--num-workers", "0", *options])
+        assert result.exit_code == 0, (result.output, result.exception)
+        summary = runs.read_json(run_dir / "prepare" / "dataset.json")
+        assert summary["include_song"] is (n_clips == 7) and len(read_manifest(run_dir / "prepare")) == n_clips
+        assert summary["crop_seconds"] == dataset_crop_seconds(run_dir / "prepare") == 4
+        assert read_classes(run_dir / "prepare") == CLASS_SETS["7"]
+    student = train_student.resolve_crop(config_io.build(train_student.StudentConfig, {"run_dir": tmp_path / "run7"}))
+    assert student.crop_seconds == 4  # recorded in the run's config.toml, which is written from this config
+    explicit = config_io.build(train_student.StudentConfig, {"run_dir": tmp_path / "run7", "crop_seconds": 2})
+    assert train_student.resolve_crop(explicit).crop_seconds == 2
+
+
+class _Rows:
+    """A spectrogram store holding one utterance."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+
+    def read(self, key: str, field: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.rows[start:stop]
+
+
+@pytest.mark.parametrize("seconds", [3, 4, 5])
+def test_a_4_s_crop_uses_a_4_s_clip_whole_cuts_longer_and_repeats_shorter(seconds: int) -> None:
+    rows = np.arange(seconds * 100 * 2, dtype=np.float16).reshape(-1, 2)  # 100 spectrogram frames a second
+    entry = Entry("Actor_01/01-01-01-01-01-01", "neutral", "train", seconds * 25, float(seconds), "")
+    crops = Crops([entry], [0], _Rows(rows), None, 4, None)
+    for _ in range(5):
+        spectrogram = crops[0][0].numpy()
+        assert spectrogram.shape == (400, 2)
+        if seconds == 4:
+            np.testing.assert_array_equal(spectrogram, rows)  # no crop, no pad
+        elif seconds == 5:  # a 4 s window of the clip, starting on the 1 s grid
+            start = int(spectrogram[0, 0]) // 2
+            assert start in (0, 100)
+            np.testing.assert_array_equal(spectrogram, rows[start : start + 400])
+        else:  # repeat-padded: the clip, then its start again
+            np.testing.assert_array_equal(spectrogram, np.concatenate([rows, rows[:100]]))

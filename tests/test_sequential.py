@@ -1,5 +1,6 @@
-"""Sequential pipeline on the tiny corpus: a sequential teacher, its per-window cache (aggregator and
-window_soft rows), and stage 3 at every method and level with no teacher present; refusals name the cause."""
+"""Sequential pipeline on the tiny corpus: a sequential teacher trained on frame sequences, its per-window cache
+(aggregator and window_soft rows over the window's frame embeddings, Eq. 5), and stage 3 at every method and level
+with no teacher present; refusals name the cause."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cache.store import StoreError, open_store
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.features import SEGMENT_VIDEO_FRAMES
+from pipeline.targets import window_frames
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +32,7 @@ def sequential_run(tiny_run, tmp_path_factory) -> Path:
     (run_dir / "prepare").symlink_to(tiny_run / "run" / "prepare")
     train_teacher.run(config_io.build(train_teacher.TeacherConfig, {
         "run_dir": run_dir, "arch": "seresnet34", "tiny": True, "sequential": True, "window_seconds": WINDOW_SECONDS,
-        "frames_per_segment": 2, "epochs": 1, "batch_size": 4, "num_workers": 0, "device": "cpu"}))
+        "epochs": 1, "batch_size": 4, "num_workers": 0, "device": "cpu"}))
     export_embeddings.run(config_io.build(export_embeddings.ExportConfig, {
         "run_dir": run_dir, "device": "cpu", "num_workers": 0, "batch_frames": 256}))
     return run_dir
@@ -55,12 +57,42 @@ def test_cache_holds_one_aggregator_row_per_window(sequential_run):
         lengths.add(windows[0][1] - windows[0][0])
         assert cache.length(key, "aggregator") == cache.length(key, "window_soft") == len(windows)
         np.testing.assert_allclose(cache.read(key, "window_soft").sum(axis=1), 1.0, atol=1e-5)
-        segments = torch.from_numpy(cache.read(key, "segments").astype(np.float32))
-        first, stop = windows[-1]
+        frames = torch.from_numpy(cache.read(key, "frames").astype(np.float32))
+        last = window_frames(len(frames), windows[-1][0], WINDOW_SECONDS)  # Eq. 5: the window's frame embeddings
+        assert len(last) == WINDOW_SECONDS * 25
         with torch.inference_mode():
-            expected = teacher.aggregate(segments[first:stop][None])[0].numpy()
+            expected = teacher.aggregate(frames[last][None])[0].numpy()
         np.testing.assert_allclose(cache.read(key, "aggregator")[-1].astype(np.float32), expected, atol=5e-3)
-    assert WINDOW_SECONDS in lengths  # (short utterances have one window over their own segments)
+    assert WINDOW_SECONDS in lengths  # (short utterances have one window of their own frames, repeated)
+
+
+def test_window_frames_are_the_window_in_time_order_or_the_utterance_repeated():
+    assert window_frames(130, 1, 2).tolist() == list(range(25, 75))
+    assert window_frames(30, 0, 2).tolist() == list(range(30)) + list(range(20))  # as a student crop repeat-pads
+
+
+@pytest.mark.parametrize("frames_per_segment", [25, 3])
+def test_teacher_training_windows_are_frame_sequences(tiny_run, frames_per_segment):
+    """Stage 1 reads what export aggregates: a window's frames in time order (all of them, or k per segment)."""
+    from pipeline.data import RandomWindows
+
+    store_path = runs.find_store(runs.prepare_dir(tiny_run / "run"), "faces")
+    store = open_store(store_path)
+    keys = list(store.keys)
+    dataset = RandomWindows(store_path, keys, [0] * len(keys), WINDOW_SECONDS, frames_per_segment)
+    torch.manual_seed(0)
+    for index, key in enumerate(keys):
+        frames, _ = dataset[index]
+        assert frames.shape[0] == WINDOW_SECONDS * frames_per_segment
+        assert frames.shape[1:] == store.read(key, "frames", 0, 1).shape[1:]
+        if frames_per_segment == 25:  # one of the windows export aggregates, maybe flipped
+            stored, n_frames = store.read(key, "frames"), store.length(key, "frames")
+            windows = [stored[window_frames(n_frames, start, WINDOW_SECONDS)]
+                       for start in range(max(1, n_frames // 25 - WINDOW_SECONDS + 1))]
+            assert any(np.array_equal(window, frames.numpy()) or np.array_equal(window[:, :, ::-1], frames.numpy())
+                       for window in windows)
+    with pytest.raises(ValueError, match="frames_per_segment"):
+        RandomWindows(store_path, keys, [0] * len(keys), WINDOW_SECONDS, 26)
 
 
 @pytest.mark.parametrize(("method", "level"), [

@@ -80,8 +80,8 @@ def test_finished_cells_are_skipped_and_unfinished_ones_resumed(tmp_path, monkey
     calls = []
 
     def fake_run(student_cfg: train_student.StudentConfig) -> Path:
-        calls.append((student_cfg.name, student_cfg.resume))
-        out = runs.students_dir(student_cfg.run_dir) / student_cfg.name
+        calls.append((f"{student_cfg.sweep}/{student_cfg.name}", student_cfg.resume))
+        out = student_cfg.out_dir
         config_io.save(student_cfg, out / "config.toml")
         runs.write_json(out / "metrics.json", {"identification": {"top1": 0.6 + student_cfg.lam / 10},
                                                "verification": {"eer": 0.3, "min_dcf": 0.9},
@@ -106,8 +106,8 @@ def test_finished_cells_are_skipped_and_unfinished_ones_resumed(tmp_path, monkey
 def _fake_stage_3(calls: list):
     """A stand-in for stage 3 that records the cell and writes metrics that depend on λ and the level."""
     def fake_run(student_cfg: train_student.StudentConfig) -> Path:
-        calls.append((student_cfg.name, student_cfg.level, student_cfg.resume))
-        out = runs.students_dir(student_cfg.run_dir) / student_cfg.name
+        calls.append((f"{student_cfg.sweep}/{student_cfg.name}", student_cfg.level, student_cfg.resume))
+        out = student_cfg.out_dir
         config_io.save(student_cfg, out / "config.toml")
         top1 = 0.6 + student_cfg.lam / 10 + (0.05 if student_cfg.level == "encoder" else 0.0)
         runs.write_json(out / "metrics.json", {"identification": {"top1": top1, "ua": top1 - 0.1},

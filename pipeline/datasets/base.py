@@ -2,8 +2,9 @@
 
 Every adapter in `registry.DATASETS` is a class built as `Adapter(root, split_file=None,
 trials_file=None, **options)` (the options it accepts are its `options` tuple) with:
-`name`, `utterances()`, `trials()`, `classes()` (the protocol's class names in a fixed order) and
-`describe()` (a JSON-ready summary: protocol, fold, class mapping, counts, what is missing).
+`name`, `crop_seconds` (the paper's training crop for the corpus), `utterances()`, `trials()`, `classes()`
+(the protocol's class names in a fixed order), `describe()` (a JSON-ready summary: protocol, fold, class
+mapping, counts, what is missing) and `headline(summary)` (its counts in one line).
 `Adapter` and `FoldedCorpus` below hold what the adapters share.
 """
 
@@ -99,6 +100,7 @@ class Adapter:
 
     name: str
     options: tuple[str, ...]
+    crop_seconds: int
     root: Path
 
     def describe(self) -> dict:
@@ -115,6 +117,12 @@ class Adapter:
     def _protocol_summary(self) -> dict:
         """The protocol, the options and what is missing, before any utterance is listed."""
         raise NotImplementedError
+
+    def headline(self, summary: dict) -> str:
+        """One line of describe()'s counts for stage 0 to print."""
+        counts = summary["counts"]
+        by_split = ", ".join(f"{split} {count}" for split, count in counts["by_split"].items())
+        return f"{counts['utterances']} utterances ({by_split}), {len(self.classes())} classes"
 
     def _counts(self, utterances: list[Utterance]) -> dict:
         """What describe() adds once utterances() succeeds: the counts (and a fold's held-out groups)."""

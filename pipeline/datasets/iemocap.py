@@ -173,6 +173,7 @@ class Iemocap(FoldedCorpus):
     fold_unit = "session"
     fold_numbers = SESSIONS
     scan_root = staticmethod(scan_iemocap)
+    crop_seconds = 4  # the paper's crop: longer turns cut, shorter ones repeat-padded
 
     def __init__(
         self,
@@ -259,6 +260,7 @@ class Iemocap(FoldedCorpus):
             "classes": self.classes(),
             "class_mapping": dict(CLASS_OF_CODE),
             "include_scripted": self.include_scripted,
+            "crop_seconds": self.crop_seconds,
             "audio_only_ok": self.audio_only_ok,
             "sessions": [f"Session{number}" for number in scan.sessions],
             "labelled_turns": len(scan.turns),

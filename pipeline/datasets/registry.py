@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ from pipeline.datasets.ravdess import Ravdess
 from pipeline.datasets.voxceleb import VoxCeleb
 
 DATASETS = {"voxceleb": VoxCeleb, "ravdess": Ravdess, "iemocap": Iemocap}
+# a prepared run without a dataset.json (written by hand, or by `avl bench`) gets the VoxCeleb crop
+DEFAULT_CROP_SECONDS = VoxCeleb.crop_seconds
 
 
 def open_dataset(
@@ -30,3 +33,15 @@ def open_dataset(
             f"dataset {name!r} takes no option(s) {', '.join(foreign)}; it takes: {', '.join(adapter.options)}"
         )
     return adapter(root, split_file=split_file, trials_file=trials_file, **given)
+
+
+def dataset_crop_seconds(prepared: Path) -> int:
+    """The paper's training crop for the dataset of a prepare directory, from its dataset.json."""
+    path = Path(prepared) / "dataset.json"
+    if not path.is_file():
+        return DEFAULT_CROP_SECONDS
+    summary = json.loads(path.read_text())
+    if "crop_seconds" in summary:
+        return int(summary["crop_seconds"])
+    adapter = DATASETS.get(summary.get("dataset"))  # a dataset.json written before it recorded the crop
+    return adapter.crop_seconds if adapter else DEFAULT_CROP_SECONDS

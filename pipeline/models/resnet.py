@@ -1,4 +1,5 @@
-"""A ResNet trunk with configurable widths, built from torchvision's residual blocks (SE variants included)."""
+"""ResNet trunks with configurable widths, built from torchvision's residual blocks (SE variants included):
+torchvision's strided layout (teachers) and the paper's stride-1 layout with max pools (students, Table 2)."""
 
 from __future__ import annotations
 
@@ -85,21 +86,86 @@ class ResNetTrunk(nn.Module):
         stages = []
         in_planes = stem_width
         for index, (n_blocks, width) in enumerate(zip(spec.layers, spec.widths)):
-            stride = 1 if index == 0 else 2
-            stage = []
-            for block_index in range(n_blocks):
-                downsample = None
-                if block_index == 0 and (stride != 1 or in_planes != width * block.expansion):
-                    downsample = nn.Sequential(
-                        conv1x1(in_planes, width * block.expansion, stride), nn.BatchNorm2d(width * block.expansion)
-                    )
-                stage.append(block(in_planes, width, stride if block_index == 0 else 1, downsample))
-                in_planes = width * block.expansion
+            stage, in_planes = _residual_blocks(block, in_planes, width, n_blocks, stride=1 if index == 0 else 2)
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        _init_convs(self)
+
+    def forward(self, x):
+        return self.stages(self.stem(x))
+
+
+def _residual_blocks(block, in_planes: int, width: int, n_blocks: int, stride: int) -> tuple[list[nn.Module], int]:
+    """One stage's blocks (the first strides and projects the shortcut when the shape changes); returns them and
+    the stage's output channels."""
+    out_planes = width * block.expansion
+    blocks = []
+    for index in range(n_blocks):
+        downsample = None
+        if index == 0 and (stride != 1 or in_planes != out_planes):
+            downsample = nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+        blocks.append(block(in_planes, width, stride if index == 0 else 1, downsample))
+        in_planes = out_planes
+    return blocks, out_planes
+
+
+def _init_convs(trunk: nn.Module) -> None:
+    for module in trunk.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _halve(size: int) -> int:
+    """The size after a 2×2/2 max pool with ceil_mode (a 1-row input keeps its row)."""
+    return -(-size // 2)
+
+
+@dataclass(frozen=True)
+class PooledResNetSpec:
+    """The paper's ResNet student (Table 2): a stride-1 k×k stem, then stages of stride-1 residual blocks; a
+    2×2/2 max pool after the stem and after every stage. Input (B, in_channels, n_freq, T)."""
+
+    block: str
+    layers: tuple[int, ...]
+    widths: tuple[int, ...]
+    stem_width: int
+    in_channels: int = 1
+    stem_kernel: int = 7
+
+    @property
+    def out_channels(self) -> int:
+        return self.widths[-1] * BLOCKS[self.block].expansion
+
+    def out_frequency(self, n_freq: int) -> int:
+        """Frequency rows left after the 1 + len(layers) pools."""
+        for _ in range(1 + len(self.layers)):
+            n_freq = _halve(n_freq)
+        return n_freq
+
+    def build(self) -> PooledResNetTrunk:
+        return PooledResNetTrunk(self)
+
+
+class PooledResNetTrunk(nn.Module):
+    """`PooledResNetSpec`'s trunk: (B, C, H, W) → (B, out_channels, ⌈H/2^(n+1)⌉, ⌈W/2^(n+1)⌉), n stages."""
+
+    def __init__(self, spec: PooledResNetSpec):
+        super().__init__()
+        block = BLOCKS[spec.block]
+        self.stem = nn.Sequential(
+            nn.Conv2d(spec.in_channels, spec.stem_width, spec.stem_kernel, stride=1, padding=spec.stem_kernel // 2,
+                      bias=False),
+            nn.BatchNorm2d(spec.stem_width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2, ceil_mode=True),
+        )
+        stages = []
+        in_planes = spec.stem_width
+        for n_blocks, width in zip(spec.layers, spec.widths):
+            stage, in_planes = _residual_blocks(block, in_planes, width, n_blocks, stride=1)
+            stages.append(nn.Sequential(*stage, nn.MaxPool2d(2, 2, ceil_mode=True)))
+        self.stages = nn.Sequential(*stages)
+        _init_convs(self)
 
     def forward(self, x):
         return self.stages(self.stem(x))

@@ -1,7 +1,7 @@
 """Video teachers: per-frame face encoders giving an embedding and class logits (stage 1 and 2 only).
 
-Non-sequential: frame → trunk → pooled → embedding (Eq. 2) → FC head. Sequential: the same frame encoder,
-per-segment means of frame embeddings (Eq. 6), the 2×BiLSTM + attention aggregator (Eq. 5), FC head.
+Non-sequential: frame → trunk → pooled → embedding (Eq. 2) → FC head. Sequential: the same frame encoder, the
+aggregator of Table 3 (2×BiLSTM, two FC+ReLU, attention) over the frame embeddings of a window (Eq. 5), FC head.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ PIXEL_STD = (0.25, 0.25, 0.25)
 class FrameTeacher(nn.Module):
     """Face crop → trunk → pooled → embedding (Eq. 2) → FC head; (B, H, W, 3) uint8 → (B, D), (B, C).
 
-    With `spec.sequential`, the head reads the aggregator's output over segment embeddings instead.
+    With `spec.sequential`, the head reads the aggregator's output over a window's frame embeddings instead.
     """
 
     def __init__(self, spec: ModelSpec, trunk):
@@ -42,9 +42,9 @@ class FrameTeacher(nn.Module):
         pooled = self.pool(self.trunk(x)).flatten(1)  # (B, C_trunk)
         return self.embedding(pooled)  # (B, D)
 
-    def aggregate(self, segments: torch.Tensor) -> torch.Tensor:
-        """Sequential teachers only: (B, S, D) segment embeddings → (B, D) aggregator embedding (Eq. 5)."""
-        return self.aggregator(segments)
+    def aggregate(self, frame_embeddings: torch.Tensor) -> torch.Tensor:
+        """Sequential teachers only: (B, T, D) frame embeddings of windows → (B, D) aggregator embeddings (Eq. 5)."""
+        return self.aggregator(frame_embeddings)
 
     def frame_logits(self, embedding: torch.Tensor) -> torch.Tensor:
         """Class logits from single frames; a sequential teacher reads each frame as a one-step sequence."""
@@ -58,10 +58,11 @@ class FrameTeacher(nn.Module):
         return embedding, self.frame_logits(embedding)
 
     def forward_window(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequential: (B, S, k, H, W, 3), k frames of each of S segments → aggregator embedding (B, D), logits."""
-        batch, n_segments, k = frames.shape[:3]
-        embeddings = self.embed(frames.flatten(0, 2)).view(batch, n_segments, k, -1)
-        aggregate = self.aggregate(embeddings.mean(dim=2))  # segment means (Eq. 6) → (B, D)
+        """Sequential: (B, T, H, W, 3), the T frames of each window in time order → aggregator embedding (B, D),
+        logits (B, C)."""
+        batch, n_frames = frames.shape[:2]
+        embeddings = self.embed(frames.flatten(0, 1)).view(batch, n_frames, -1)  # (B, T, D)
+        aggregate = self.aggregate(embeddings)
         return aggregate, self.head(aggregate)
 
 

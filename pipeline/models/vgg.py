@@ -1,4 +1,5 @@
-"""VGG-style trunks: torchvision's VGG16 feature layers (teacher) and a configurable conv stack (audio student)."""
+"""VGG-style trunks: torchvision's VGG16 feature layers (teacher), the paper's VGG student (Table 1) and the
+VGGVox conv stack (the `vggvox` student)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class Vgg16Spec:
 
 @dataclass(frozen=True)
 class ConvStackSpec:
-    """Convolutions with their own kernel and stride (VGGVox-style, paper Table 1), each conv + BN + ReLU.
+    """Convolutions with their own kernel and stride (VGGVox-style), each conv + BN + ReLU.
 
     A layer is ("conv", out_channels, kernel, stride) or ("pool", kernel, stride); kernels and strides
     are ints or (frequency, time) pairs.
@@ -54,4 +55,34 @@ class ConvStackSpec:
                 modules.append(nn.MaxPool2d(kernel, stride, ceil_mode=True))  # ceil: 1-segment inputs keep a row
             else:
                 raise ValueError(f"unknown conv-stack layer {kind!r}")
+        return nn.Sequential(*modules)
+
+
+@dataclass(frozen=True)
+class PooledConvSpec:
+    """The paper's VGG student (Table 1): blocks of k×k stride-1 convs, each + BN + ReLU, and a 2×2/2 max pool
+    after every block; `blocks` holds each block's conv widths. Input (B, in_channels, n_freq, T)."""
+
+    blocks: tuple[tuple[int, ...], ...]
+    kernel: int = 3
+    in_channels: int = 1
+
+    @property
+    def out_channels(self) -> int:
+        return self.blocks[-1][-1]
+
+    def out_frequency(self, n_freq: int) -> int:
+        """Frequency rows left after the pools."""
+        for _ in self.blocks:
+            n_freq = -(-n_freq // 2)  # ceil_mode
+        return n_freq
+
+    def build(self) -> nn.Sequential:
+        modules, channels = [], self.in_channels
+        for widths in self.blocks:
+            for out in widths:
+                modules += [nn.Conv2d(channels, out, self.kernel, 1, self.kernel // 2, bias=False), nn.BatchNorm2d(out),
+                            nn.ReLU(inplace=True)]
+                channels = out
+            modules.append(nn.MaxPool2d(2, 2, ceil_mode=True))  # ceil: a 1-frame input keeps its frame
         return nn.Sequential(*modules)

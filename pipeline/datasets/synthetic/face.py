@@ -182,6 +182,20 @@ def render_frames(
     noise: float,
 ) -> np.ndarray:
     """Frames (T, size, size, 3) uint8 of a talking face in a per-video scene with per-utterance nuisance."""
+    return render_talking_face(face, opening, scene_rng, rng, size, fps, noise)[0]
+
+
+def render_talking_face(
+    face: Face,
+    opening: np.ndarray,
+    scene_rng: np.random.Generator,
+    rng: np.random.Generator,
+    size: int,
+    fps: int,
+    noise: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`render_frames`' frames and the face's box in each, (T, 4) x0 y0 x1 y1 pixels: the skin ellipse's bounds
+    (forehead to chin, cheek to cheek, without hair or neck), the ground truth for a face detector."""
     count = len(opening)
     # Planar (3, T, S, S): each blend then runs over contiguous per-channel blocks.
     image = np.empty((3, count, size, size), dtype=np.float32)
@@ -194,7 +208,17 @@ def render_frames(
         image += _GAUSSIAN_BYTES[rng.integers(0, 256, image.shape, dtype=np.uint8)] * np.float32(255 * noise)
     image += np.float32(0.5)  # so that the truncating cast below rounds
     np.clip(image, 0.0, 255.0, out=image)
-    return image.transpose(1, 2, 3, 0).astype(np.uint8)
+    return image.transpose(1, 2, 3, 0).astype(np.uint8), _face_boxes(painter, face)
+
+
+def _face_boxes(painter: _Painter, face: Face) -> np.ndarray:
+    """(T, 4) pixel bounds of the face ellipse under each frame's pose (a rolled ellipse's axis-aligned box)."""
+    half_width = painter.scale * np.sqrt((face.face_width * painter.cos) ** 2 + (face.face_height * painter.sin) ** 2)
+    half_height = painter.scale * np.sqrt((face.face_width * painter.sin) ** 2 + (face.face_height * painter.cos) ** 2)
+    to_pixels = painter.size / 2  # head coordinate c ∈ [-1, 1] lies at pixel (c + 1) * size / 2
+    boxes = [(painter.centre_x - half_width + 1) * to_pixels, (painter.centre_y - half_height + 1) * to_pixels,
+             (painter.centre_x + half_width + 1) * to_pixels, (painter.centre_y + half_height + 1) * to_pixels]
+    return np.stack([np.ravel(side) for side in boxes], axis=1).astype(np.float64)
 
 
 def _background(scene_rng: np.random.Generator, rng: np.random.Generator, size: int) -> np.ndarray:
