@@ -90,7 +90,7 @@ def cache_verify(
         "Prepare directory (or its manifest.tsv): every key of the splits the store holds must be present, no other.")),
     teacher: Optional[Path] = typer.Option(None, help="Teacher checkpoint the store must have been made by."),
 ):
-    """Check a store: complete, unique keys, sound offsets, no NaN/Inf, manifest and teacher match; exit 1 on a problem."""
+    """Check a store: every chunk against its checksum, complete, unique keys, sound offsets, no NaN/Inf, manifest and teacher match; exit 1 on a problem."""
     from pipeline import stores
 
     problems = stores.verify(path, manifest, teacher)

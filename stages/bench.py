@@ -41,7 +41,7 @@ from pipeline import runs
 from pipeline.benchmark import bytes_per_hour, measure_input_pipeline, measure_live_teacher, run_sampling_rss
 from pipeline.datasets.synthetic import SynthConfig, synthesize
 from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
-from pipeline.manifest import Entry, read_manifest, write_manifest
+from pipeline.manifest import Entry, manifest_hash, read_manifest, write_manifest
 from pipeline.models.students import STUDENTS
 from stages import export_embeddings, prepare, train_teacher
 
@@ -101,30 +101,33 @@ def write_synthetic_run(run_dir: Path, n_utterances: int, crop_seconds: int, see
     n_frames = np.maximum(rng.uniform(3, 6, n_utterances) * VIDEO_FPS, crop_seconds * VIDEO_FPS).astype(int)
     pool = rng.standard_normal((int(n_frames.max()) * 4 * 3, 257), dtype=np.float32).astype(np.float16)
     entries = []
+    for i, n in enumerate(n_frames):
+        key = f"{classes[i % RSS_CLASSES]}/bench/{i:06d}.wav"
+        split = "train" if i >= 16 else ("val" if i < 8 else "test")
+        entries.append(Entry(key, classes[i % RSS_CLASSES], split, int(n), n / VIDEO_FPS, key))
+    write_manifest(prepared, entries, classes, [])  # first: the cache records its hash, as stage 2's does
     spec_writer = create_store(prepared / "spectrograms.zarr", spectrogram_fields(257),
                                {"kind": "spectrograms", "video_fps": VIDEO_FPS, "spectrogram": {"bench": True}})
     cache_writer = TeacherCacheSpec(
         teacher_fingerprint="bench", teacher_arch="random", teacher_sequential=False, embed_dim=RSS_EMBED,
         num_classes=RSS_CLASSES, class_names=tuple(classes), video_fps=VIDEO_FPS, segment_frames=SEGMENT_VIDEO_FRAMES,
-        window_seconds=crop_seconds, dtype="float16", splits=("train", "val")).create(embeddings / "voxceleb.zarr")
-    for i, n in enumerate(n_frames):
-        key = f"{classes[i % RSS_CLASSES]}/bench/{i:06d}.wav"
-        split = "train" if i >= 16 else ("val" if i < 8 else "test")
-        entries.append(Entry(key, classes[i % RSS_CLASSES], split, int(n), n / VIDEO_FPS, key))
+        window_seconds=crop_seconds, dtype="float16", splits=("train", "val"),
+        manifest_sha256=manifest_hash(prepared)).create(embeddings / "voxceleb.zarr")
+    for entry in entries:
+        n = entry.n_video_frames
         offset = int(rng.integers(0, len(pool) - 4 * n))
-        spec_writer.write(key, {"spectrogram": pool[offset : offset + 4 * n]})
-        if split != "test":
+        spec_writer.write(entry.key, {"spectrogram": pool[offset : offset + 4 * n]})
+        if entry.split != "test":
             frames = rng.standard_normal((n, RSS_EMBED), dtype=np.float32).astype(np.float16)
             prob = rng.random(n, dtype=np.float32)
             soft = rng.random(RSS_CLASSES, dtype=np.float32)
-            cache_writer.write(key, {
+            cache_writer.write(entry.key, {
                 "frames": frames, "frame_prob": prob, "frame_pred": rng.integers(0, RSS_CLASSES, n, dtype=np.int32),
                 "peak": frames[int(prob.argmax())], "segments": frames[:: SEGMENT_VIDEO_FRAMES][: math.ceil(n / 25)],
                 "soft": soft / soft.sum()})
     for writer in (spec_writer, cache_writer):
         writer.mark_complete()
         writer.close()
-    write_manifest(prepared, entries, classes, [])
     return sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
 
 
