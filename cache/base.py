@@ -5,7 +5,8 @@ A ragged field holds the rows of every key concatenated along axis 0, (ΣT, *row
 are the `keys` text array (N,). Metadata (user attrs plus `avl_store`: format version, backend,
 field specs, committed count, complete flag) is one JSON dict that each backend writes in one go.
 
-Format 2 checksums every stored chunk (`checksums`: the backend's codec, crc32c or Fletcher-32) and the
+Format 3 lets a field be stored uncompressed (`FieldSpec.layout = "raw"`), read straight from its files
+(`cache/rawread.py`). Format 2 checksums every stored chunk (`checksums`: the backend's codec, crc32c or Fletcher-32) and the
 committed keys as one sha256 (`keys_sha256`: HDF5 cannot checksum the text of its keys). A chunk that
 fails its checksum is a `DamagedChunkError`; a store without checksums (format 1) is read with a warning.
 """
@@ -25,7 +26,7 @@ import numpy as np
 
 from cache.errors import UserError
 
-FORMAT_VERSION = 2  # 2: chunks and keys carry checksums
+FORMAT_VERSION = 3  # 2: chunks and keys carry checksums; 3: fields may be raw (uncompressed, read by pread)
 META_KEY = "avl_store"
 KEYS = "keys"
 # store-level facts beside the commit state, kept across reopenings: how many keys the writing
@@ -33,6 +34,9 @@ KEYS = "keys"
 # and the format and checksums it was created with (a store of format 1 stays one when extended)
 INFO_EXTRAS = ("expected_keys", "finish_with", "part", "checksums", "format_version")
 INDEX_CHUNK_ROWS = 16384  # keys and offsets are read whole when a store is opened
+# compressed: the backend's codec (zarr blosc-zstd, HDF5 gzip); raw: uncompressed, for fields read in small random
+# slices (spectrogram crops, embeddings) whose library read costs far more per call than the copy
+LAYOUTS = ("compressed", "raw")
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -95,7 +99,8 @@ class Backend(Protocol):
     @staticmethod
     def detect(path: Path) -> bool: ...
     def create_array(
-        self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int, checksum: bool = True
+        self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int, checksum: bool = True,
+        layout: str = "compressed",
     ) -> None: ...
     def chunk_rows(self, name: str) -> int: ...
     def rewritten_rows(self, name: str) -> int: ...
@@ -103,6 +108,7 @@ class Backend(Protocol):
     def write_rows(self, name: str, start: int, rows: np.ndarray) -> None: ...
     def truncate(self, name: str, length: int) -> None: ...
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray: ...
+    def raw_chunks(self, name: str) -> Any: ...  # a cache.rawread.RawChunks for a raw array, or None: use read_rows
     def stored_bytes(self, name: str) -> int: ...
     def read_meta(self) -> dict[str, Any]: ...
     def write_meta(self, meta: dict[str, Any]) -> None: ...
@@ -118,6 +124,7 @@ class FieldSpec:
     row_shape: tuple[int, ...] = ()
     ragged: bool = True
     chunk_rows: int = 4096
+    layout: str = "compressed"
 
     def __post_init__(self) -> None:
         if not _FIELD_NAME.fullmatch(self.name) or self.name in (KEYS, "offsets"):
@@ -126,13 +133,18 @@ class FieldSpec:
             raise ValueError(f"field {self.name!r}: dtype {self.dtype!r} is not numeric")
         if any(int(n) < 0 for n in self.row_shape) or self.chunk_rows < 1:
             raise ValueError(f"field {self.name!r}: bad row_shape {self.row_shape} or chunk_rows {self.chunk_rows}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"field {self.name!r}: layout {self.layout!r} is not one of {LAYOUTS}")
         # canonical forms, so a spec equals itself after a JSON round trip
         object.__setattr__(self, "dtype", np.dtype(self.dtype).name)
         object.__setattr__(self, "row_shape", tuple(int(n) for n in self.row_shape))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {**asdict(self), "row_shape": list(self.row_shape)}
+        """JSON-ready dict; the default layout is left out, so compressed fields read as format 2 wrote them."""
+        spec = {**asdict(self), "row_shape": list(self.row_shape)}
+        if self.layout == "compressed":
+            del spec["layout"]
+        return spec
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> FieldSpec:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cache.base import UncheckedStoreWarning
+from cache.bench_crops import measure_crop_reads
 from cache.inspect import disk_usage
 from cache.schema import cache_fields, spectrogram_fields
 from cache.store import DISK_BACKENDS, SUFFIXES, array_stats, create_store, delete_store, open_store
@@ -156,6 +157,9 @@ def measure(n_utterances: int, n_batches: int, directory: Path, seed: int = 0, c
             "bytes_on_disk": sum(size for size, _ in usage),
             "mb_on_disk_per_hour_of_video": per_hour,
         }
+    crops = directory / "crops"
+    crops.mkdir(exist_ok=True)
+    result["crop_reads"] = measure_crop_reads(crops, n_utterances, seed=seed)
     return result
 
 

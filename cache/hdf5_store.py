@@ -17,6 +17,7 @@ import numpy as np
 
 from cache import locks
 from cache.base import DamagedChunkError, StoreError
+from cache.rawread import RAW_READS_POSSIBLE
 
 META_ATTR = "avl_attrs"  # the whole metadata dict as one JSON string, so it is updated in one write
 READ_CACHE_BYTES = 32 << 20  # the 1 MB default cache holds less than one (4096, 512) float16 chunk
@@ -39,6 +40,9 @@ class Hdf5Backend:
         try:
             self.file = h5py.File(path, mode, rdcc_nbytes=READ_CACHE_BYTES, **space)
         except OSError as error:
+            if "truncated file" in str(error):
+                raise StoreError(f"{path}: the file is shorter than HDF5 recorded ({error}); it was cut off (a full "
+                                 "disk or a copy that stopped?): rebuild it with the command that wrote it") from None
             if "unable to lock file" not in str(error):
                 raise
             # HDF5 locks a file a process writes against every other opener (and one it reads against writers)
@@ -51,19 +55,22 @@ class Hdf5Backend:
         return path.is_file() and h5py.is_hdf5(path)
 
     def create_array(
-        self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int, checksum: bool = True
+        self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int, checksum: bool = True,
+        layout: str = "compressed",
     ) -> None:
-        """Create an empty (0, *row_shape) dataset chunked along rows; dtype "str" holds unicode text."""
-        text = dtype == "str"
+        """Create an empty (0, *row_shape) dataset chunked along rows; dtype "str" holds unicode text.
+
+        A raw dataset has no filter but Fletcher-32, so each chunk is its rows then 4 checksum bytes."""
+        text, compressed = dtype == "str", layout == "compressed"
         self.file.create_dataset(
             name,
             shape=(0, *row_shape),
             maxshape=(None, *row_shape),
             chunks=(chunk_rows, *row_shape),
             dtype=h5py.string_dtype() if text else dtype,
-            compression="gzip",
-            compression_opts=4,
-            shuffle=not text,
+            compression="gzip" if compressed else None,
+            compression_opts=4 if compressed else None,
+            shuffle=compressed and not text,
             fletcher32=checksum and not text,  # h5py runs it after gzip: it covers the stored bytes
         )
 
@@ -103,6 +110,15 @@ class Hdf5Backend:
             detail = f"a chunk failed its Fletcher-32 checksum or its decompression; HDF5 says: {error}"
             raise DamagedChunkError(self.path, name, start, stop, detail) from None
 
+    def raw_chunks(self, name: str) -> Hdf5Chunks | None:
+        """Where the chunks of an unfiltered (raw) dataset lie in the file; None for any other dataset."""
+        dataset = self.file[name]
+        filters = dataset.id.get_create_plist()
+        kinds = {filters.get_filter(i)[0] for i in range(filters.get_nfilters())}
+        if not RAW_READS_POSSIBLE or kinds - {h5py.h5z.FILTER_FLETCHER32}:
+            return None
+        return Hdf5Chunks(self.path, dataset, fletcher32=h5py.h5z.FILTER_FLETCHER32 in kinds)
+
     def stored_bytes(self, name: str) -> int:
         """Bytes of the dataset's chunks in the file."""
         return self.file[name].id.get_storage_size()
@@ -127,3 +143,28 @@ class Hdf5Backend:
     def close(self) -> None:
         """Close the file."""
         self.file.close()
+
+
+class Hdf5Chunks:
+    """Byte offsets of a raw dataset's chunks, asked of HDF5 once per chunk (`cache.rawread.RawChunks`)."""
+
+    def __init__(self, path: Path, dataset: h5py.Dataset, fletcher32: bool) -> None:
+        self.path, self._dataset = str(Path(path).resolve()), dataset
+        self.chunk_rows = dataset.chunks[0]
+        self.checksum = "fletcher32" if fletcher32 else None
+        self._zeros = (0,) * (dataset.ndim - 1)
+        self._bytes = dataset.dtype.itemsize * int(np.prod(dataset.chunks)) + 4 * fletcher32
+        self._where: dict[int, tuple[str, int] | None] = {}
+
+    def locate(self, chunk: int) -> tuple[str, int] | None:
+        if chunk not in self._where:
+            info = self._dataset.id.get_chunk_info_by_coord((chunk * self.chunk_rows, *self._zeros))
+            if info.byte_offset is None:  # never written: HDF5 reads it as the fill value
+                self._where[chunk] = None
+            elif info.filter_mask != 0 or info.size != self._bytes:
+                rows = (chunk * self.chunk_rows, (chunk + 1) * self.chunk_rows)
+                raise DamagedChunkError(Path(self.path), self._dataset.name.lstrip("/"), *rows, f"its chunk index says "
+                                        f"{info.size} bytes with filter mask {info.filter_mask}, expected {self._bytes}")
+            else:
+                self._where[chunk] = (self.path, info.byte_offset)
+        return self._where[chunk]

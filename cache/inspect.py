@@ -57,6 +57,7 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "row_shape": list(spec.row_shape),
             "rows": sum(s[name]["rows"] for s in stats),
             "chunk_rows": spec.chunk_rows,
+            "layout": spec.layout,
             "bytes": stored,
         })
     uncommitted = {
@@ -197,9 +198,9 @@ def format_info(info: dict[str, Any]) -> str:
     if info["parts"]:
         lines += ["", "part                    keys  complete"]
         lines += [f"{Path(p['path']).name:<22}{p['keys']:>6}  {'yes' if p['complete'] else 'NO'}" for p in info["parts"]]
-    header = ("field", "kind", "dtype", "row shape", "rows", "chunk rows", "on disk")
+    header = ("field", "kind", "dtype", "row shape", "rows", "chunk rows", "layout", "on disk")
     rows = [(f["name"], f["kind"], f["dtype"], str(tuple(f["row_shape"])), str(f["rows"]), str(f["chunk_rows"]),
-             _size(f["bytes"])) for f in info["fields"]]
+             f["layout"], _size(f["bytes"])) for f in info["fields"]]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]

@@ -93,9 +93,10 @@ class MemoryBackend:
             raise StoreError(f"{self.path}: opened read-only")
 
     def create_array(
-        self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int, checksum: bool = True
+        self, name: str, dtype: str, row_shape: tuple[int, ...], chunk_rows: int, checksum: bool = True,
+        layout: str = "compressed",
     ) -> None:
-        """Create an empty (0, *row_shape) array; dtype "str" holds unicode text."""
+        """Create an empty (0, *row_shape) array; dtype "str" holds unicode text. Memory has one layout."""
         self._writing()
         self._store.arrays[name] = MemoryArray(np.empty((0, *row_shape), dtype=object if dtype == "str" else dtype))
         self._store.chunk_rows[name] = chunk_rows
@@ -134,6 +135,10 @@ class MemoryBackend:
         """A copy of rows [start, stop) of the array, as a read from disk would be."""
         array = self._store.arrays[name]
         return array.data[: array.length][start:stop].copy()
+
+    def raw_chunks(self, name: str) -> None:
+        """None: rows in memory are read by `read_rows` at memory speed already."""
+        return None
 
     def stored_bytes(self, name: str) -> int:
         """Bytes of the array's rows (text: their UTF-8 bytes)."""

@@ -8,7 +8,8 @@ writer with a StoreError and leaves the committed state, from which the next wri
 
 Reads check what they read: a chunk that fails its checksum is a StoreError naming the store, the field,
 the rows and the keys they belong to (`base.DamagedChunkError`), and the committed keys must match their
-recorded sha256.
+recorded sha256. A raw field (`FieldSpec.layout`) is read with one pread per chunk, its checksums verified
+on first touch (`cache/rawread.py`).
 
 The store's own metadata also says how far a writing command has come and how to finish it
 (`RaggedWriter.set_expected`), and which part of a rank-sharded store it is (`create_store(part=...)`;
@@ -45,6 +46,7 @@ from cache.base import (
     parse_meta,
     store_meta,
 )
+from cache.rawread import OpenMaps, RawField
 from cache.space import MARGIN_BYTES, RoomGuard, commit_bytes
 
 FLUSH_BYTES = 64 << 20
@@ -270,23 +272,36 @@ class RaggedReader:
         self._index = {key: i for i, key in enumerate(self.keys)}
         self._handle: Backend | None = None
         self._pid: int | None = None
+        self._raw: dict[str, RawField | None] = {}  # this process's raw-read state per field (None: library reads)
+        self._files = OpenMaps()
 
     def _open(self) -> Backend:
         if self._handle is None or self._pid != os.getpid():
             # a handle inherited through fork is never used: h5py handles must not cross a fork
             self._handle = BACKENDS[self.backend](self.path, "r")
             self._pid = os.getpid()
+            self._raw, self._files = {}, OpenMaps()  # nor are descriptors, or chunks another process verified
         return self._handle
+
+    def _raw_field(self, field: str) -> RawField | None:
+        handle = self._open()
+        if field not in self._raw:
+            spec = self.fields[field]
+            chunks = handle.raw_chunks(field) if spec.layout == "raw" else None
+            self._raw[field] = chunks and RawField(self.path, field, chunks, np.dtype(spec.dtype), spec.row_shape,
+                                                  0, self._files)
+        return self._raw[field]
 
     def __getstate__(self) -> dict[str, Any]:
         carried = memory_store.snapshot(self.path) if self.backend == "memory" else None
-        return {**self.__dict__, "_handle": None, "_pid": None, "_carried": carried}
+        return {**self.__dict__, "_handle": None, "_pid": None, "_raw": {}, "_files": None, "_carried": carried}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         carried = state.pop("_carried")
         if carried is not None:
             memory_store.restore(state["path"], carried)
         self.__dict__.update(state)
+        self._files = OpenMaps()
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -354,7 +369,8 @@ class RaggedReader:
     def _read(self, field: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of `field` from disk; a damaged chunk among them is a StoreError naming their keys."""
         try:
-            return self._open().read_rows(field, start, stop)
+            raw = self._raw_field(field)
+            return raw.read(start, stop) if raw is not None else self._handle.read_rows(field, start, stop)
         except DamagedChunkError as error:
             if self.fields[field].ragged:  # key i holds rows offsets[i]:offsets[i + 1]
                 first, last = np.searchsorted(self._offsets[field], [start, stop - 1], side="right") - 1
@@ -369,7 +385,9 @@ class RaggedReader:
         """Close this process's handle; a later read opens a new one."""
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
+            self._files.close()
         self._handle = self._pid = None
+        self._raw = {}
 
     def __enter__(self) -> RaggedReader:
         return self

@@ -33,31 +33,56 @@ Reader = RaggedReader | PartedReader
 
 
 def spectrogram_fields(n_freq: int) -> list[FieldSpec]:
-    """Stage 0: (ΣF, n_freq) float16 spectrogram rows; 512 rows of 257 bins is a 257 KB chunk."""
-    return [FieldSpec("spectrogram", "float16", (n_freq,), ragged=True, chunk_rows=512)]
+    """Stage 0: (ΣF, n_freq) float16 spectrogram rows, raw (a 5 s crop is copied from one or two chunks of a memory
+    map); 512 rows of 257 bins is a 257 KB chunk, what a process checksums on its first touch of it."""
+    return [FieldSpec("spectrogram", "float16", (n_freq,), ragged=True, chunk_rows=512, layout="raw")]
 
 
-def face_fields(face_size: int) -> list[FieldSpec]:
-    """Stage 0: (ΣT, S, S, 3) uint8 face crops; 32 rows of 64×64×3 is a 384 KB chunk."""
+def face_fields(face_size: int, encoding: str = "raw") -> list[FieldSpec]:
+    """Stage 0's face crops, by encoding (FACE_FIELDS; `pipeline/face_store.py` writes and reads them)."""
+    if encoding not in FACE_FIELDS:
+        raise ValueError(f"face encoding {encoding!r} is not one of {sorted(FACE_FIELDS)}")
+    return FACE_FIELDS[encoding](face_size)
+
+
+def _raw_face_fields(face_size: int) -> list[FieldSpec]:
+    """(ΣT, S, S, 3) uint8 pixels, compressed by the backend's codec; 32 rows of 64×64×3 is a 384 KB chunk."""
     return [FieldSpec("frames", "uint8", (face_size, face_size, 3), ragged=True, chunk_rows=32)]
+
+
+def _jpeg_face_fields(face_size: int) -> list[FieldSpec]:
+    """Each frame's JPEG bytes after the header its key's frames share, concatenated per key, (ΣB,) uint8, their
+    count per frame, (ΣT,) int32 (frame counts and a frame's byte range come from the counts alone), and the shared
+    header once per key, (ΣH,) uint8. All uncompressed (JPEG is compressed already; raw fields are read with one
+    pread per chunk). A 5 s crop's bytes are about 0.2 MB at 64 px, 0.4 MB at 112 px and 1-2 MB at 224 px (`avl
+    bench-faces`, quality 90): one or two 512 KB chunks, three or four at 224 px."""
+    return [FieldSpec("jpeg", "uint8", (), ragged=True, chunk_rows=JPEG_CHUNK_BYTES, layout="raw"),
+            FieldSpec("jpeg_bytes", "int32", (), ragged=True, chunk_rows=16384, layout="raw"),
+            FieldSpec("jpeg_header", "uint8", (), ragged=True, chunk_rows=64 << 10, layout="raw")]
+
+
+# How face crops are stored, by encoding: the fields that hold them (a store that records no encoding is raw).
+FACE_FIELDS = {"raw": _raw_face_fields, "jpeg": _jpeg_face_fields}
+JPEG_CHUNK_BYTES = 512 << 10
 
 
 def cache_fields(embed_dim: int, num_classes: int, dtype: str, sequential: bool = False) -> list[FieldSpec]:
     """Stage 2 (DESIGN.md): ragged per-frame and per-segment rows, per-utterance rows; a sequential teacher
-    adds ragged per-window rows (window = training crop, stride 1 segment): `aggregator` and `window_soft`."""
+    adds ragged per-window rows (window = training crop, stride 1 segment): `aggregator` and `window_soft`.
+    Every field is raw: stage 3 reads a few rows of each per crop, and embeddings barely compress."""
     embedding_rows = max(64, EMBEDDING_CHUNK_BYTES // (embed_dim * np.dtype(dtype).itemsize))  # 256 at 512-d fp16
     window_fields = [
-        FieldSpec("aggregator", dtype, (embed_dim,), ragged=True, chunk_rows=embedding_rows),
+        FieldSpec("aggregator", dtype, (embed_dim,), ragged=True, chunk_rows=embedding_rows, layout="raw"),
         FieldSpec("window_soft", "float32", (num_classes,), ragged=True,
-                  chunk_rows=max(64, EMBEDDING_CHUNK_BYTES // (num_classes * 4))),
+                  chunk_rows=max(64, EMBEDDING_CHUNK_BYTES // (num_classes * 4)), layout="raw"),
     ]
     return [
-        FieldSpec("frames", dtype, (embed_dim,), ragged=True, chunk_rows=embedding_rows),
-        FieldSpec("frame_prob", "float32", (), ragged=True, chunk_rows=4096),
-        FieldSpec("frame_pred", "int32", (), ragged=True, chunk_rows=4096),
-        FieldSpec("segments", dtype, (embed_dim,), ragged=True, chunk_rows=embedding_rows),
-        FieldSpec("peak", dtype, (embed_dim,), ragged=False, chunk_rows=embedding_rows),
-        FieldSpec("soft", "float32", (num_classes,), ragged=False, chunk_rows=256),
+        FieldSpec("frames", dtype, (embed_dim,), ragged=True, chunk_rows=embedding_rows, layout="raw"),
+        FieldSpec("frame_prob", "float32", (), ragged=True, chunk_rows=4096, layout="raw"),
+        FieldSpec("frame_pred", "int32", (), ragged=True, chunk_rows=4096, layout="raw"),
+        FieldSpec("segments", dtype, (embed_dim,), ragged=True, chunk_rows=embedding_rows, layout="raw"),
+        FieldSpec("peak", dtype, (embed_dim,), ragged=False, chunk_rows=embedding_rows, layout="raw"),
+        FieldSpec("soft", "float32", (num_classes,), ragged=False, chunk_rows=256, layout="raw"),
     ] + (window_fields if sequential else [])
 
 
@@ -105,13 +130,19 @@ class StoreSchema:
 
 
 @dataclass(frozen=True)
-class SpectrogramStoreSpec(StoreSchema):
-    """Stage 0's spectrogram shards; `spectrogram` is the recorded SpectrogramParams."""
+class PreparedStoreSpec(StoreSchema):
+    """A stage-0 store: the corpus it was decoded from, recorded first, before each kind's own attributes."""
 
-    kind: ClassVar[str] = "spectrograms"
     dataset: str
     dataset_root: str
     video_fps: int
+
+
+@dataclass(frozen=True)
+class SpectrogramStoreSpec(PreparedStoreSpec):
+    """Stage 0's spectrogram shards; `spectrogram` is the recorded SpectrogramParams."""
+
+    kind: ClassVar[str] = "spectrograms"
     spectrogram: dict[str, Any]
 
     def fields(self) -> list[FieldSpec]:
@@ -120,19 +151,39 @@ class SpectrogramStoreSpec(StoreSchema):
 
 
 @dataclass(frozen=True)
-class FaceStoreSpec(StoreSchema):
+class FaceStoreSpec(PreparedStoreSpec):
     """Stage 0's face-crop frames; `crop` says how the faces were cut out."""
 
     kind: ClassVar[str] = "faces"
-    dataset: str
-    dataset_root: str
-    video_fps: int
     face_size: int
     crop: str
+    encoding: str = "raw"  # a key of FACE_FIELDS
+    quality: int | None = None  # JPEG quality, 1-100; None for raw
+
+    def __post_init__(self) -> None:
+        face_fields(self.face_size, self.encoding)  # refuses an unknown encoding
+        jpeg = self.encoding == "jpeg"
+        if not (self.quality is not None and 1 <= self.quality <= 100 if jpeg else self.quality is None):
+            raise ValueError(f"face store: quality {self.quality!r} with encoding {self.encoding!r} (jpeg takes a "
+                             "quality in 1..100, raw none)")
 
     def fields(self) -> list[FieldSpec]:
-        """One ragged uint8 field of face_size × face_size RGB crops."""
-        return face_fields(self.face_size)
+        """The fields of this encoding: ragged face_size × face_size RGB crops, as pixels or JPEG bytes."""
+        return face_fields(self.face_size, self.encoding)
+
+    def resume_problems(self, store: Reader) -> list[str]:
+        """As for any schema, a store that records no encoding (written before encodings existed) being raw."""
+        recorded = {**LEGACY_FACE_ATTRS, **store.attrs}
+        return [f"was written with {name}={recorded.get(name)!r}, this run uses {value!r}"
+                for name, value in self.attrs().items() if recorded.get(name) != value]
+
+
+LEGACY_FACE_ATTRS = {"encoding": "raw", "quality": None}  # what a face store without these attributes holds
+
+
+def face_encoding(attrs: Mapping[str, Any]) -> str:
+    """The encoding a face store's attributes record: raw when they record none (written before encodings)."""
+    return attrs.get("encoding", LEGACY_FACE_ATTRS["encoding"])
 
 
 @dataclass(frozen=True)

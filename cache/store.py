@@ -91,7 +91,8 @@ def _create(staging: Path, backend: str, fields: list[FieldSpec], attrs: dict[st
     try:
         handle.create_array(KEYS, "str", (), INDEX_CHUNK_ROWS, checksum=checksums)
         for spec in fields:
-            handle.create_array(spec.name, spec.dtype, spec.row_shape, spec.chunk_rows, checksum=checksums)
+            handle.create_array(spec.name, spec.dtype, spec.row_shape, spec.chunk_rows, checksum=checksums,
+                                layout=spec.layout)
             if spec.ragged:
                 handle.create_array(offsets_name(spec.name), "int64", (), INDEX_CHUNK_ROWS, checksum=checksums)
                 handle.write_rows(offsets_name(spec.name), 0, np.zeros(1, dtype=np.int64))

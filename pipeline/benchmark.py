@@ -1,6 +1,7 @@
 """What precompute-then-train buys, measured (`avl bench`): stage-3 training steps/s with crops and targets read
-from the stores against the same arrays in memory, an epoch with cached targets against one with a live teacher,
-MB on disk per hour of video, and the peak memory of a process and its workers.
+from the stores against the same arrays in memory, an epoch with cached targets against one with a live teacher
+(and a few batches with the paper's full-size teacher live next to the tiny one), MB on disk per hour of video, and
+the peak memory of a process and its workers.
 
 `cfg` below is the benchmark's config (`stages.bench.BenchConfig`): its sizes and settings.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch
 from cache.store import array_stats, copy_store, delete_store, open_store
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.checkpoints import load_teacher
+from pipeline.checkpoints import load_teacher, save_teacher
 from pipeline.data import Crops
 from pipeline.distill import build_method
 from pipeline.features import (
@@ -34,6 +36,7 @@ from pipeline.manifest import Entry, read_classes, read_manifest
 from pipeline.media import face_crops, load_audio_visual
 from pipeline.models.spec import ModelSpec
 from pipeline.models.students import build_student
+from pipeline.models.teachers import build_teacher
 from pipeline.processes import process_tree, status_kb
 from pipeline.runs import find_store
 from pipeline.steps import StudentStep
@@ -72,7 +75,8 @@ def _collate_live(items):
 @torch.no_grad()  # not inference_mode: the targets enter the student's autograd graph
 def _live_targets(teacher, faces: list[torch.Tensor], device) -> torch.Tensor:
     """Each crop's peak-frame embedding (Eq. 4 inside the crop), computed by the live teacher: (B, D)."""
-    embeddings, logits = teacher(torch.cat(faces).to(device))
+    with autocast(autocast_dtype("auto", device), device):  # as stage 2 runs it: bf16 on CUDA
+        embeddings, logits = teacher(torch.cat(faces).to(device))
     confidence = logits.float().softmax(dim=1).max(dim=1).values
     targets, start = [], 0
     for crop in faces:
@@ -181,13 +185,44 @@ def measure_input_pipeline(cfg, run_dir: Path, device) -> dict:
     }
 
 
+def _time_distillation(batches, spec: ModelSpec, device, teacher=None) -> dict:
+    """Train a fresh student (stage 3's step) on `batches`, pairs (timed, batch); with a live `teacher`, a batch's
+    third item is its crops' faces and the targets come from the teacher. Totals over the timed batches: seconds,
+    seconds waiting for input, seconds in the teacher, and their count."""
+    step, optimiser = _student_step(spec, device)
+    step.train()
+    totals = {"seconds": 0.0, "waiting": 0.0, "teacher": 0.0, "batches": 0}
+    _sync(device)
+    last = time.perf_counter()
+    for timed, (spectrogram, label, target) in batches:
+        tick = time.perf_counter()
+        if teacher is not None:
+            target = _live_targets(teacher, target, device)
+            _sync(device)
+        taught = time.perf_counter()
+        _train_step(step, optimiser, spectrogram, label, target, device)
+        _sync(device)
+        now = time.perf_counter()
+        if timed:  # from the previous batch's end: a new epoch's iterator start counts as waiting for input
+            totals["seconds"] += now - last
+            totals["waiting"] += tick - last
+            totals["teacher"] += taught - tick
+            totals["batches"] += 1
+        last = now
+    return totals
+
+
+def _cached_crops(run_dir: Path, train: list[Entry], labels: list[int], crop_seconds: int) -> Crops:
+    prepared = runs.prepare_dir(run_dir)
+    return Crops(train, labels, find_store(prepared, "spectrograms"),
+                 find_store(runs.embeddings_dir(run_dir), "voxceleb"), crop_seconds, "crop-peak")
+
+
 def measure_live_teacher(cfg, run_dir: Path, device) -> dict:
     """One epoch of the same student: cached targets against a live teacher decoding and running every step."""
-    prepared = runs.prepare_dir(run_dir)
     train, labels, classes = _training_split(run_dir)
     loaded = load_teacher(runs.teacher_checkpoint(run_dir), device)
-    teacher = loaded.model
-    spec = ModelSpec(cfg.arch, cfg.tiny, len(classes), teacher.spec.embed_dim)
+    spec = ModelSpec(cfg.arch, cfg.tiny, len(classes), loaded.model.spec.embed_dim)
     n_batches = len(train) // cfg.batch_size
     if n_batches == 0:
         raise config_io.ConfigError(f"bench: {len(train)} training utterances make no batch of {cfg.batch_size}; "
@@ -195,39 +230,73 @@ def measure_live_teacher(cfg, run_dir: Path, device) -> dict:
 
     results = {}
     for name in ("cached", "live"):
-        step, optimiser = _student_step(spec, device)
-        step.train()
         if name == "cached":
-            dataset = Crops(train, labels, find_store(prepared, "spectrograms"),
-                             find_store(runs.embeddings_dir(run_dir), "voxceleb"), cfg.crop_seconds, "crop-peak")
-            loader = _loader(dataset, cfg, n_batches, cfg.seed, shuffle_epoch=True)
+            loader = _loader(_cached_crops(run_dir, train, labels, cfg.crop_seconds), cfg, n_batches, cfg.seed,
+                             shuffle_epoch=True)
         else:
             dataset = _LiveCrops(train, labels, cfg.crop_seconds, int(loaded.face_size))
             loader = _loader(dataset, cfg, n_batches, cfg.seed, collate=_collate_live, shuffle_epoch=True)
-        waiting = in_teacher = elapsed = 0.0
-        for epoch in range(cfg.epochs + 1):  # epoch 0 warms up: worker start-up, first reads, allocator
-            timed = epoch > 0
-            _sync(device)
-            started = last = time.perf_counter()
-            for spectrogram, label, target in loader:
-                tick = time.perf_counter()
-                waiting += (tick - last) * timed
-                if name == "live":
-                    target = _live_targets(teacher, target, device)
-                    _sync(device)
-                    in_teacher += (time.perf_counter() - tick) * timed
-                _train_step(step, optimiser, spectrogram, label, target, device)
-                _sync(device)
-                last = time.perf_counter()
-            elapsed += (time.perf_counter() - started) * timed
-        results[name] = {"epoch_seconds": round(elapsed / cfg.epochs, 2), "batches_per_epoch": n_batches,
-                         "waiting_for_input_share": round(waiting / elapsed, 3)}
+        # epoch 0 warms up: worker start-up, first reads, allocator
+        batches = ((epoch > 0, batch) for epoch in range(cfg.epochs + 1) for batch in loader)
+        totals = _time_distillation(batches, spec, device, loaded.model if name == "live" else None)
+        results[name] = {"epoch_seconds": round(totals["seconds"] / cfg.epochs, 2), "batches_per_epoch": n_batches,
+                         "waiting_for_input_share": round(totals["waiting"] / totals["seconds"], 3)}
         if name == "live":
-            results[name]["teacher_share"] = round(in_teacher / elapsed, 3)
+            results[name]["teacher_share"] = round(totals["teacher"] / totals["seconds"], 3)
     results["speedup"] = round(results["live"]["epoch_seconds"] / results["cached"]["epoch_seconds"], 2)
     results["note"] = ("live: each item decodes only its crop's time range (PyAV), then spectrogram, face crops and "
                        "the teacher on the crop's frames; mean of the timed epochs after a warm-up epoch")
     return results
+
+
+def save_full_teacher(run_dir: Path, path: Path) -> Path:
+    """The paper's teacher for this run: a full-size ResNet34 (random weights: only its speed matters) for the run's
+    classes and face size, saved at `path` as stage 1 saves one."""
+    _, _, classes = _training_split(run_dir)
+    tiny = load_teacher(runs.teacher_checkpoint(run_dir))
+    teacher = build_teacher(ModelSpec("resnet34", False, len(classes), tiny.model.spec.embed_dim))
+    return save_teacher(path, teacher, classes, int(tiny.face_size), None)
+
+
+def measure_live_teachers(cfg, run_dir: Path, device, teachers: dict[str, Path]) -> dict:
+    """A few stage-3 batches of `cfg.full_teacher_batch` crops with cached targets and with each teacher of
+    `teachers` (name → checkpoint) live, after one warm-up batch each; batches are drawn with replacement."""
+    train, labels, classes = _training_split(run_dir)
+    loaded = {name: load_teacher(path, device) for name, path in teachers.items()}
+    face_sizes = {int(teacher.face_size) for teacher in loaded.values()}
+    if len(face_sizes) != 1:
+        raise ValueError(f"bench: the live teachers were trained on different face sizes {sorted(face_sizes)}")
+    (face_size,) = face_sizes
+    embed_dim = next(iter(loaded.values())).model.spec.embed_dim
+    small = replace(cfg, batch_size=cfg.full_teacher_batch)
+    spec = ModelSpec(cfg.arch, cfg.tiny, len(classes), embed_dim)
+    n_batches = 1 + cfg.full_teacher_steps  # the first warms up: worker start-up, first reads, allocator
+
+    def cached() -> dict:
+        loader = _loader(_cached_crops(run_dir, train, labels, cfg.crop_seconds), small, n_batches, cfg.seed)
+        return _time_distillation(((index > 0, batch) for index, batch in enumerate(loader)), spec, device)
+
+    cached()  # untimed: the first steps at a new batch size (allocator, kernel caches) would count against it alone
+    totals = {"cached": cached()}
+    for name, teacher in loaded.items():
+        live = _loader(_LiveCrops(train, labels, cfg.crop_seconds, face_size), small, n_batches, cfg.seed,
+                       collate=_collate_live)
+        totals[f"live_{name}"] = _time_distillation(((index > 0, batch) for index, batch in enumerate(live)), spec,
+                                                    device, teacher.model)
+    per_batch = {name: total["seconds"] / total["batches"] for name, total in totals.items()}
+    return {
+        "face_size": face_size, "crop_seconds": cfg.crop_seconds,
+        "batch": cfg.full_teacher_batch, "batches_timed": cfg.full_teacher_steps,
+        "teacher_parameters": {name: sum(p.numel() for p in teacher.model.parameters())
+                               for name, teacher in loaded.items()},
+        "seconds_per_batch": {name: round(seconds, 3) for name, seconds in per_batch.items()},
+        # the parts of a batch's time: the live teacher's forward, and the wait for the loader's workers (decoding)
+        "teacher_seconds_per_batch": {name: round(total["teacher"] / total["batches"], 3)
+                                      for name, total in totals.items() if name != "cached"},
+        "waiting_seconds_per_batch": {name: round(total["waiting"] / total["batches"], 3)
+                                      for name, total in totals.items()},
+        "speedup": {name: round(per_batch[f"live_{name}"] / per_batch["cached"], 2) for name in loaded},
+    }
 
 
 def bytes_per_hour(run_dir: Path) -> dict:

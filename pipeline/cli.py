@@ -25,8 +25,10 @@ STAGES = {
 DATA = {
     "synth": Command(
         "pipeline.datasets.synthetic", "SynthConfig",
-        "Write a synthetic audio-visual speaker corpus as real mp4 files (H.264 + AAC).", run="synthesize",
-        extra=(("out", Path, typer.Option(..., help="Directory to write the corpus into (VoxCeleb layout).")),),
+        "Write a synthetic audio-visual corpus as real mp4 files (H.264 + AAC): speakers in the VoxCeleb layout, or "
+        "with --preset emotion four arousal classes in the RAVDESS layout; version 2 (--preset) shares part of "
+        "each speaker's latent between face and voice.", run="synthesize",
+        extra=(("out", Path, typer.Option(..., help="Directory to write the corpus into.")),),
         done="corpus written to {}"),
 }
 COMMANDS = {
@@ -53,16 +55,22 @@ COMMANDS = {
     "bench-models": Command("pipeline.models.bench", "ModelBenchConfig", (
         "Parameter counts and CPU forward time per batch of every registered model; prints a Markdown table.")),
     "bench-store": Command("cache.bench", "StoreBenchConfig", (
-        "Random-access training reads from each on-disk backend against the same stores in memory, and bytes "
-        "on disk per hour of video; prints one JSON object.")),
+        "Random-access training reads from each on-disk backend against the same stores in memory, random 5 s "
+        "crops side by side (memory, memory-mapped .npy, h5py, .npy per utterance, avl), and bytes on disk per "
+        "hour of video; prints one JSON object.")),
+    "bench-faces": Command("pipeline.bench_faces", "FaceBenchConfig", (
+        "Face-crop storage per encoding: MB per hour of video and read+decode frames/s of raw uint8 and JPEG at "
+        "64, 112 and 224 px (synthetic faces; real ones with --clips); prints one JSON object.")),
+    "bench-gpu": Command("stages.bench_gpu", "BenchGpuConfig", "Run every CUDA path once (stages 1-3, nccl, bf16, "
+                         "channels-last, compile, GPU JPEG decode), timed; prints one JSON object, exits 2 on a failure."),
 }
 
 app = typer.Typer(cls=group(COMMANDS), add_completion=False, no_args_is_help=True,
                   help="Audio representation learning with video as privileged information (LUPI).")
 stage_app = typer.Typer(cls=group(STAGES), no_args_is_help=True, help=(
-    "Run one pipeline stage (0 prepare, 1 teacher, 2 export, 3 student). train-teacher, export-embeddings and "
-    "train-student also take --nproc-per-node N: they re-run themselves under torchrun with N processes "
-    "(DDP training; export sharded by rank into one store)."))
+    "Run one pipeline stage (0 prepare, 1 teacher, 2 export, 3 student). prepare, train-teacher, "
+    "export-embeddings and train-student also take --nproc-per-node N: they re-run themselves under torchrun with "
+    "N processes (DDP training; prepare and export sharded by rank into stores that read as one)."))
 data_app = typer.Typer(cls=group(DATA), no_args_is_help=True, help="Make or inspect datasets.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and verify stores (embedding caches, spectrogram shards).")
 app.add_typer(stage_app, name="stage")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cache.store import StoreError, open_store
+from pipeline.face_store import open_faces
 from pipeline.features import (
     SEGMENT_VIDEO_FRAMES,
     SPEC_FRAMES_PER_SECOND,
@@ -64,12 +65,15 @@ class Crops(torch.utils.data.Dataset):
     """Item = a random crop on the 1 s grid (repeat-padded), its class, and its cached target (TARGET_READERS).
 
     `spectrograms` and `cache` are store paths, opened lazily once per DataLoader worker, or objects with the
-    store's `read` (the benchmark's in-memory copies).
+    store's `read` (the benchmark's in-memory copies). A control (pipeline/controls.py) replaces the target:
+    `donors[i]` is the entry whose target entry i gets (on a crop drawn on the donor), `class_targets` (C, D) is
+    each class's fixed target (no cache read).
     """
 
     def __init__(self, entries: list[Entry], labels: list[int], spectrograms, cache, crop_seconds: int,
-                 target: str | None):
+                 target: str | None, donors: np.ndarray | None = None, class_targets: np.ndarray | None = None):
         self.entries, self.labels, self.crop_seconds, self.target = entries, labels, crop_seconds, target
+        self.donors, self.class_targets = donors, class_targets
         self.sources = (spectrograms, cache)
         self.spectrograms = self.cache = None
 
@@ -84,15 +88,22 @@ class Crops(torch.utils.data.Dataset):
         crop = random_crop(entry.n_video_frames, self.crop_seconds)
         spectrogram = self.spectrograms.read(entry.key, "spectrogram", *crop.spec_range)
         spectrogram = repeat_pad(spectrogram, self.crop_seconds * SPEC_FRAMES_PER_SECOND).astype(np.float32)
-        if self.cache is None:
+        if self.class_targets is not None:
+            target = self.class_targets[self.labels[index]]  # (D,), one per segment at the encoder level
+            target = np.tile(target, (crop.n_segments, 1)) if self.target == "segments" else target
+        elif self.cache is None:
             target = np.zeros(0, dtype=np.float32)
         else:
-            target = TARGET_READERS[self.target](self.cache, entry.key, crop, entry.n_video_frames).astype(np.float32)
-        return torch.from_numpy(spectrogram), self.labels[index], torch.from_numpy(target)
+            if self.donors is not None:
+                entry = self.entries[self.donors[index]]
+                crop = random_crop(entry.n_video_frames, self.crop_seconds)
+            target = TARGET_READERS[self.target](self.cache, entry.key, crop, entry.n_video_frames)
+        return torch.from_numpy(spectrogram), self.labels[index], torch.from_numpy(target.astype(np.float32))
 
 
 class RandomFrames(torch.utils.data.Dataset):
-    """Item = k random face frames of one utterance (fresh draw every epoch) and its class."""
+    """Item = k random face frames of one utterance (fresh draw every epoch) and its class; the face store is read
+    in whichever encoding it records (pipeline/face_store.py), decoding only the frames drawn."""
 
     def __init__(self, store_path: Path, keys: list[str], labels: list[int], frames_per_utterance: int):
         self.store_path, self.keys, self.labels, self.k = store_path, keys, labels, frames_per_utterance
@@ -103,11 +114,11 @@ class RandomFrames(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         if self.store is None:
-            self.store = open_store(self.store_path)
+            self.store = open_faces(self.store_path)
         key = self.keys[index]
-        n_frames = self.store.length(key, "frames")
+        n_frames = self.store.length(key)
         picks = torch.randint(0, n_frames, (self.k,)).numpy()
-        frames = self.store.read(key, "frames")[picks]  # (k, H, W, 3)
+        frames = self.store.take(key, picks)  # (k, H, W, 3)
         if torch.rand(()) < 0.5:
             frames = frames[:, :, ::-1]  # horizontal flip
         return torch.from_numpy(np.ascontiguousarray(frames)), self.labels[index]
@@ -135,17 +146,16 @@ class RandomWindows(RandomFrames):
 
     def __getitem__(self, index: int):
         if self.store is None:
-            self.store = open_store(self.store_path)
+            self.store = open_faces(self.store_path)
         key = self.keys[index]
-        n_frames = self.store.length(key, "frames")
+        n_frames = self.store.length(key)
         crop = random_crop(n_frames, self.window_seconds)
         picks = window_frames(n_frames, crop.start_segment, self.window_seconds)  # (S·25,)
         if self.k < SEGMENT_VIDEO_FRAMES:  # k random frames of each segment, kept in time order
             by_segment = picks.reshape(-1, SEGMENT_VIDEO_FRAMES)  # (S, 25)
             columns = np.sort(torch.rand(by_segment.shape).argsort(dim=1)[:, : self.k].numpy(), axis=1)  # (S, k)
             picks = np.take_along_axis(by_segment, columns, axis=1).ravel()  # (S·k,)
-        start, stop = int(picks.min()), int(picks.max()) + 1
-        frames = self.store.read(key, "frames", start, stop)[picks - start]  # (S·k, H, W, 3)
+        frames = self.store.take(key, picks)  # (S·k, H, W, 3)
         if torch.rand(()) < 0.5:
             frames = frames[:, :, ::-1]  # horizontal flip
         return torch.from_numpy(np.ascontiguousarray(frames)), self.labels[index]
@@ -186,9 +196,9 @@ class GroupFrames(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         if self.store is None:
-            self.store = open_store(self.store_path)  # opened lazily, once per DataLoader worker
+            self.store = open_faces(self.store_path)  # opened lazily, once per DataLoader worker
         keys = self.groups[index]
-        frames = [self.store.read(key, "frames") for key in keys]
+        frames = [self.store.read(key) for key in keys]
         for key, rows in zip(keys, frames):
             if len(rows) != self.n_frames[key]:
                 raise StoreError(f"{self.store_path}: {key!r} has {len(rows)} frames, the manifest says "

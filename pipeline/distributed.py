@@ -1,9 +1,11 @@
-"""torchrun support for the training stages: one process per device, DistributedDataParallel, rank-0 outputs.
+"""torchrun support for the stages: one process per device, DistributedDataParallel, rank-0 outputs; stages 0
+and 2 write one part of their stores per rank.
 
 Launch with `torchrun --nproc_per_node N -m pipeline.cli stage train-student …` (or `avl … --nproc-per-node N`,
-which re-executes itself under torchrun). Without torchrun's environment every helper here is the identity of
-a single process, so the stages have one code path. `batch_size` is per process: N processes train on N×B
-utterances per step.
+which re-executes itself under torchrun on this machine). On several machines, run torchrun on each with
+`--nnodes M --node-rank K --master-addr HOST --master-port PORT` (the run directory on a filesystem they share).
+Without torchrun's environment every helper here is the identity of a single process, so the stages have one code
+path. `batch_size` is per process: N processes train on N×B utterances per step.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from pipeline.config import ConfigError
 
-DISTRIBUTED_STAGES = ("train-teacher", "export-embeddings", "train-student")
+DISTRIBUTED_STAGES = ("prepare", "train-teacher", "export-embeddings", "train-student")
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,19 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device: torch.device) -> Distributed:
-    """Join the process group torchrun describes (nccl on CUDA, gloo on the CPU); a no-op in a single process."""
+def setup(device: torch.device, timeout: timedelta | None = None) -> Distributed:
+    """Join the process group torchrun describes (nccl on CUDA, gloo on the CPU); a no-op in a single process.
+
+    timeout: how long a collective (a barrier) may wait for the slowest rank (default: torch's)."""
     if not launched_by_torchrun():
         return Distributed()
     if not dist.is_initialized():
         # gloo for the CPU-side counters and objects, nccl for CUDA tensors (gradients, buffers)
-        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, **({} if timeout is None else {"timeout": timeout}))
+        if dist.get_rank() == 0:  # every node has joined: say how many processes, so a multi-node launch shows it
+            tqdm.write(f"torch.distributed: world size {dist.get_world_size()} ({backend}), "
+                       f"{os.environ.get('LOCAL_WORLD_SIZE', '?')} process(es) on this node")
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 

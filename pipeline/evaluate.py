@@ -63,12 +63,12 @@ def evaluate_teacher(model, store, keys: list[str], labels: list[int], device, b
                      job: Distributed = SINGLE_PROCESS) -> dict:
     """Accuracy (WA) and UA (unweighted average recall over the classes present) per frame and per utterance:
     the mean of frame logits over every frame of the utterance, or for a sequential teacher the aggregator over
-    all its frame embeddings (Eq. 5)."""
+    all its frame embeddings (Eq. 5). `store`: the face frames (`pipeline.face_store.open_faces`)."""
     model.eval()
     # hits and totals per class and level, summed over ranks; every rank knows every label, so the same keys
     counts = {f"{level}_{what}/{label}": 0 for level in _LEVELS for what in ("hits", "total") for label in set(labels)}
     for key, label in zip(distributed.shard(keys, job), distributed.shard(labels, job)):
-        frames = torch.from_numpy(store.read(key, "frames"))
+        frames = store.read_tensor(key)  # (T, H, W, 3) uint8, decoded on the face store's decode device
         outputs = [model(frames[i : i + batch_frames].to(device)) for i in range(0, len(frames), batch_frames)]
         logits = torch.cat([logit.float().cpu() for _, logit in outputs])
         counts[f"frame_hits/{label}"] += int((logits.argmax(1) == label).sum())

@@ -107,7 +107,8 @@ STORE_SUFFIX = {backend: SUFFIXES[backend] for backend in DISK_BACKENDS}
 
 
 def find_store(directory: Path, stem: str) -> Path:
-    """The store a previous stage wrote, whichever backend it used."""
+    """The store a previous stage wrote, whichever backend it used: one store, or the directory of its parts when
+    stage 0 or 2 ran in parts (`open_store` reads that as one store)."""
     for suffix in STORE_SUFFIX.values():
         path = directory / f"{stem}{suffix}"
         if path.exists():

@@ -11,6 +11,11 @@ matters), then measures
   a live teacher that decodes each crop's video and audio (PyAV) and runs on its frames every step;
 - `export`: stage 2 frames/s and the shares of its time spent reading face frames, in the teacher and
   writing, plus stage 0's decode throughput (the decoding a live teacher would redo every epoch);
+- `full_size_teacher` (`--full-teacher`): the paper's scale point, a full-size ResNet34 teacher at the run's face
+  size next to the tiny one: a few stage-3 batches with cached targets and with each teacher live, and stage 2
+  frames/s of each over the same utterances;
+- `crop_reads`: one list of random 5 s spectrogram crops read side by side from memory, one memory-mapped `.npy`,
+  plain h5py, one `.npy` per utterance and each avl backend (`cache/bench_crops.py`), crops/s and ratio to memory;
 - `bytes_per_hour`: MB on disk per hour of video for each stored kind (real features of the corpus);
 - `peak_rss`: stage 3 (`train_student.run`, a few steps) in a fresh process on two synthetic datasets of
   different sizes: stores are read, not loaded, so it must not grow with the dataset.
@@ -22,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -34,14 +38,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cache.schema import TeacherCacheSpec, spectrogram_fields
-from cache.store import create_store
+from cache.bench_crops import measure_crop_reads
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.benchmark import bytes_per_hour, measure_input_pipeline, measure_live_teacher, run_sampling_rss
+from pipeline.bench_data import write_synthetic_run
+from pipeline.benchmark import (
+    bytes_per_hour,
+    measure_input_pipeline,
+    measure_live_teacher,
+    measure_live_teachers,
+    run_sampling_rss,
+    save_full_teacher,
+)
 from pipeline.datasets.synthetic import SynthConfig, synthesize
-from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
-from pipeline.manifest import Entry, manifest_hash, read_manifest, write_manifest
+from pipeline.features import VIDEO_FPS
+from pipeline.manifest import read_classes, read_manifest, write_manifest
 from pipeline.models.students import STUDENTS
 from stages import export_embeddings, prepare, train_teacher
 
@@ -65,6 +76,18 @@ class BenchConfig:
         "help": "Cached vs live teacher: epochs timed after one untimed warm-up epoch."})
     num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
+    full_teacher: bool = field(default=True, metadata={
+        "help": "Also measure the paper's teacher, a full-size ResNet34, at the run's face size next to the tiny one: "
+                "cached vs live for a few batches, and stage 2 frames/s.", "flag": "--full-teacher/--no-full-teacher"})
+    full_teacher_batch: int = field(default=4, metadata={"help": "Full-teacher section: crops per batch.", "min": 1})
+    full_teacher_steps: int = field(default=3, metadata={
+        "help": "Full-teacher section: batches timed after one warm-up batch.", "min": 1})
+    full_teacher_frames: int = field(default=1024, metadata={
+        "help": "Full-teacher section: stage 2 runs over the first training utterances holding this many frames.",
+        "min": 1})
+    crop_utterances: int = field(default=400, metadata={
+        "help": "Crop-read section: utterances (3-8 s of 257-bin rows) in each way of keeping them.", "min": 1})
+    crop_reads: int = field(default=4000, metadata={"help": "Crop-read section: random 5 s crops timed.", "min": 1})
     rss_utterances: tuple[int, ...] = field(default=(200, 1600), metadata={
         "help": "Dataset sizes of the synthetic stage-3 runs whose peak RSS is measured."})
     rss_steps: int = field(default=4, metadata={"help": "Training steps of each peak-RSS run."})
@@ -84,51 +107,6 @@ class BenchConfig:
         if any(size < 16 + self.batch_size for size in self.rss_utterances):  # 16 are val and test
             raise config_io.ConfigError(f"bench: every rss_utterances size must be >= 16 + batch_size "
                                         f"= {16 + self.batch_size}, got {list(self.rss_utterances)}")
-
-
-RSS_CLASSES, RSS_EMBED = 10, 512
-
-
-def write_synthetic_run(run_dir: Path, n_utterances: int, crop_seconds: int, seed: int) -> int:
-    """A stage-3-ready run of random features (3-6 s utterances): spectrogram store, teacher cache, manifest.
-
-    Returns the bytes on disk. All but 16 utterances are training data, so the training set grows with n."""
-    rng = np.random.default_rng(seed)
-    prepared, embeddings = runs.prepare_dir(run_dir), runs.embeddings_dir(run_dir)
-    prepared.mkdir(parents=True)
-    embeddings.mkdir(parents=True)
-    classes = [f"id{i:05d}" for i in range(RSS_CLASSES)]
-    n_frames = np.maximum(rng.uniform(3, 6, n_utterances) * VIDEO_FPS, crop_seconds * VIDEO_FPS).astype(int)
-    pool = rng.standard_normal((int(n_frames.max()) * 4 * 3, 257), dtype=np.float32).astype(np.float16)
-    entries = []
-    for i, n in enumerate(n_frames):
-        key = f"{classes[i % RSS_CLASSES]}/bench/{i:06d}.wav"
-        split = "train" if i >= 16 else ("val" if i < 8 else "test")
-        entries.append(Entry(key, classes[i % RSS_CLASSES], split, int(n), n / VIDEO_FPS, key))
-    write_manifest(prepared, entries, classes, [])  # first: the cache records its hash, as stage 2's does
-    spec_writer = create_store(prepared / "spectrograms.zarr", spectrogram_fields(257),
-                               {"kind": "spectrograms", "video_fps": VIDEO_FPS, "spectrogram": {"bench": True}})
-    cache_writer = TeacherCacheSpec(
-        teacher_fingerprint="bench", teacher_arch="random", teacher_sequential=False, embed_dim=RSS_EMBED,
-        num_classes=RSS_CLASSES, class_names=tuple(classes), video_fps=VIDEO_FPS, segment_frames=SEGMENT_VIDEO_FRAMES,
-        window_seconds=crop_seconds, dtype="float16", splits=("train", "val"),
-        manifest_sha256=manifest_hash(prepared)).create(embeddings / "voxceleb.zarr")
-    for entry in entries:
-        n = entry.n_video_frames
-        offset = int(rng.integers(0, len(pool) - 4 * n))
-        spec_writer.write(entry.key, {"spectrogram": pool[offset : offset + 4 * n]})
-        if entry.split != "test":
-            frames = rng.standard_normal((n, RSS_EMBED), dtype=np.float32).astype(np.float16)
-            prob = rng.random(n, dtype=np.float32)
-            soft = rng.random(RSS_CLASSES, dtype=np.float32)
-            cache_writer.write(entry.key, {
-                "frames": frames, "frame_prob": prob, "frame_pred": rng.integers(0, RSS_CLASSES, n, dtype=np.int32),
-                "peak": frames[int(prob.argmax())], "segments": frames[:: SEGMENT_VIDEO_FRAMES][: math.ceil(n / 25)],
-                "soft": soft / soft.sum()})
-    for writer in (spec_writer, cache_writer):
-        writer.mark_complete()
-        writer.close()
-    return sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
 
 
 # Stage 3 with the settings in argv[1] (JSON; null: only import it), then its own peak RSS
@@ -170,6 +148,40 @@ def measure_peak_rss(cfg: BenchConfig, work: Path) -> dict:
                      "peak_rss_with_workers_mb": round(tree_peak / 1024, 1)})
     return {"import_only_mb": round(baseline_kb / 1024, 1), "runs": rows,
             "main_growth_mb": round(rows[-1]["peak_rss_main_mb"] - rows[0]["peak_rss_main_mb"], 1)}
+
+
+def export_subset(run_dir: Path, scratch: Path, teacher: Path, n_frames: int, cfg: BenchConfig) -> dict:
+    """Stage 2 with `teacher` over the first training utterances of `run_dir` holding at least `n_frames` frames (a
+    scratch run whose manifest lists only them and whose face store links to the run's); its export stats."""
+    prepared = runs.prepare_dir(run_dir)
+    train = [entry for entry in read_manifest(prepared) if entry.split == "train"]
+    chosen = train[: int(np.searchsorted(np.cumsum([entry.n_video_frames for entry in train]), n_frames)) + 1]
+    faces = runs.find_store(prepared, "faces")
+    shutil.rmtree(scratch, ignore_errors=True)  # the bench's own scratch run, rebuilt every time
+    runs.prepare_dir(scratch).mkdir(parents=True)
+    write_manifest(runs.prepare_dir(scratch), chosen, read_classes(prepared), [])
+    (runs.prepare_dir(scratch) / faces.name).symlink_to(faces.resolve())
+    cache = export_embeddings.run(config_io.build(export_embeddings.ExportConfig, {
+        "run_dir": scratch, "teacher": teacher, "num_workers": cfg.num_workers, "device": cfg.device,
+        "splits": ["train"]}))
+    return runs.read_json(cache.parent / f"{cache.name}.export.json")
+
+
+def measure_full_teacher(cfg: BenchConfig, run_dir: Path, work: Path, device) -> dict:
+    """The paper's scale point on this run's faces: a full-size ResNet34 teacher next to the run's tiny one, live in
+    stage 3 against cached targets (`measure_live_teachers`) and through stage 2 over the same utterances."""
+    teachers = {"tiny_teacher": runs.teacher_checkpoint(run_dir),
+                "full_teacher": save_full_teacher(run_dir, work / "full-teacher" / "teacher.pt")}
+    result = measure_live_teachers(cfg, run_dir, device, teachers)
+    exports = {name: export_subset(run_dir, work / f"export-{name}", path, cfg.full_teacher_frames, cfg)
+               for name, path in teachers.items()}
+    result["export_frames"] = exports["full_teacher"]["frames"]
+    result["export_frames_per_second"] = {name: round(stats["frames_per_second"], 1) for name, stats in exports.items()}
+    result["export_teacher_share"] = {name: round(stats["teacher_share"], 3) for name, stats in exports.items()}
+    result["note"] = ("full teacher: ResNet34 at full width, random weights (only speed matters); live as in "
+                      "cache_vs_live_teacher but a few batches drawn with replacement; stage 2 is export-embeddings "
+                      "over the same first training utterances for both teachers")
+    return result
 
 
 def _timed(label: str, action):
@@ -229,6 +241,14 @@ def _run(cfg: BenchConfig, work: Path) -> dict:
         "note": ("stage 2 reads face crops stage 0 decoded once; decoding a frame (stage 0, which also "
                  "featurises audio and writes) is what a live teacher pays every epoch"),
     }
+    if cfg.full_teacher:
+        result["full_size_teacher"], seconds = _timed(
+            "the paper's teacher: full-size ResNet34, cached vs live, stage 2",
+            lambda: measure_full_teacher(cfg, run_dir, work, device))
+        result["full_size_teacher"]["seconds"] = round(seconds, 1)  # what the section adds to the bench
+    (work / "crops").mkdir(exist_ok=True)
+    result["crop_reads"], _ = _timed("random 5 s crops: memory, .npy, h5py, avl stores",
+                                     lambda: measure_crop_reads(work / "crops", cfg.crop_utterances, cfg.crop_reads, cfg.seed))
     result["bytes_per_hour_mb"] = bytes_per_hour(run_dir)
     result["peak_rss"], _ = _timed("stage-3 peak RSS at two dataset sizes", lambda: measure_peak_rss(cfg, work))
     result["config"] = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(cfg).items()}

@@ -36,6 +36,7 @@ from pipeline import config as config_io
 from pipeline.data import GroupFrames, teacher_groups
 from pipeline.datasets.base import SPLITS
 from pipeline.datasets.registry import DATASETS
+from pipeline.face_store import open_faces
 from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
 from pipeline.manifest import manifest_hash, read_manifest
 from pipeline.runs import STORE_SUFFIX, find_store
@@ -159,7 +160,7 @@ def run(cfg: ExportConfig) -> Path:
         raise config_io.ConfigError(f"{prepared / 'manifest.tsv'}: no utterance is in the exported splits "
                                     f"{list(cfg.splits)}; set `splits` to the ones it has")
     face_store = find_store(prepared, "faces")
-    faces = open_store(face_store)
+    faces = open_faces(face_store)  # raw or JPEG: GroupFrames decodes in the loader's workers
     faces.close()
     precision = "bfloat16-autocast" if device.type == "cuda" else "float32"
     cache = TeacherCacheSpec(

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import csv
+import time
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from cache import locks
 from cache.backends import DISK_BACKENDS
 from cache.schema import FaceStoreSpec, SpectrogramStoreSpec
-from cache.store import open_for_append, open_store
 from pipeline import config as config_io
-from pipeline import runs
+from pipeline import distributed, prepare_parts, runs
 from pipeline.datasets.base import Utterance
+from pipeline.datasets.options import EmotionCorpusOptions
 from pipeline.datasets.registry import DATASETS, open_dataset
-from pipeline.datasets.trial_speakers import ALLOW_OPTION, refuse_trial_speakers_in_training
+from pipeline.face_store import DEFAULT_JPEG_QUALITY, FACE_ENCODINGS
 from pipeline.features import (
     NORMALISATIONS,
     SPEC_FRAMES_PER_VIDEO_FRAME,
@@ -26,20 +26,17 @@ from pipeline.features import (
     LogSpectrogram,
     SpectrogramParams,
 )
-from pipeline.manifest import Entry, manifest_hash, write_manifest
+from pipeline.manifest import CONFIG
 from pipeline.media import MediaError
 from pipeline.media.clips import FACE_MODES, FaceSettings, load_audio_only, load_clip
-from pipeline.media.contact_sheet import write_contact_sheet
 from pipeline.media.detect import DetectionSettings
+from pipeline.prepare_parts import CONTACT_SHEET, IDENTIFICATION_SPLITS  # noqa: F401 (CONTACT_SHEET: named by tests)
 from pipeline.runs import STORE_SUFFIX
-
-IDENTIFICATION_SPLITS = ("train", "val", "test")
-CONTACT_SHEET = "faces.png"
 
 
 @dataclass(frozen=True)
-class PrepareConfig:
-    """Stage 0 settings."""
+class PrepareConfig(EmotionCorpusOptions):
+    """Stage 0 settings (the emotion corpora's options from `EmotionCorpusOptions`)."""
 
     root: Path | None = field(default=None, metadata={"help": "Dataset root in its published layout."})
     dataset: str = field(default="voxceleb", metadata={
@@ -53,6 +50,12 @@ class PrepareConfig:
     store: str = field(default="zarr", metadata={
         "help": "Storage backend for what this stage writes.", "choices": DISK_BACKENDS})
     face_size: int = field(default=64, metadata={"help": "Face crop side in pixels.", "min": 1})
+    face_encoding: str = field(default="jpeg", metadata={
+        "help": "How face crops are stored: jpeg (a JPEG per frame, decoded when read: 5-11x smaller at 64-224 px, "
+                "what a VoxCeleb2-sized corpus needs) or raw (exact uint8 pixels, compressed losslessly).",
+        "choices": FACE_ENCODINGS})
+    jpeg_quality: int = field(default=DEFAULT_JPEG_QUALITY, metadata={
+        "help": "--face-encoding jpeg: JPEG quality.", "min": 1, "max": 100})
     crop_fraction: float = field(default=1.0, metadata={
         "help": "Centre crop side as a fraction of the frame.", "above": 0.0, "max": 1.0})
     normalisation: str = field(default="utterance", metadata={
@@ -66,12 +69,6 @@ class PrepareConfig:
     # Dataset protocol options; None leaves the adapter's default, and an option a dataset lacks is an error.
     fold: int | None = field(default=None, metadata={
         "help": "RAVDESS: test actor (leave-one-subject-out); IEMOCAP: test session."})
-    classes: str | None = field(default=None, metadata={
-        "help": "RAVDESS: 7 (calm merged into neutral) or 8 classes."})
-    include_song: bool | None = field(default=None, metadata={
-        "help": "RAVDESS: the sung clips (default: included, as the paper).", "flag": "--include-song/--no-song"})
-    include_scripted: bool | None = field(default=None, metadata={
-        "help": "IEMOCAP: scripted turns.", "flag": "--include-scripted/--no-scripted"})
     split: str | None = field(default=None, metadata={
         "help": "VoxCeleb: official (iden_split.txt) or 70-10-20 of each speaker's videos."})
     seed: int | None = field(default=None, metadata={"help": "VoxCeleb: seed of the 70-10-20 split."})
@@ -95,6 +92,13 @@ class PrepareConfig:
     audio_only: bool = field(default=False, metadata={
         "help": "Spectrograms and manifest only, no face store: corpora without video, for λ = 0 students and "
                 "evaluation."})
+    part: int | None = field(default=None, metadata={
+        "help": "Decode part PART of NUM_PARTS (utterances PART, PART + NUM_PARTS, ...) into part-NNNNN of each store; "
+                "the last part to finish writes the manifest (default: torchrun's RANK when WORLD_SIZE > 1, else the "
+                "whole corpus in this process).", "min": 0})
+    num_parts: int | None = field(default=None, metadata={
+        "help": "Number of parts (default: torchrun's WORLD_SIZE); without --part, decode nothing and finish a run "
+                "whose parts are all done.", "min": 1})
 
     def validate(self) -> None:
         if self.root is None:
@@ -109,6 +113,9 @@ class PrepareConfig:
             raise config_io.ConfigError(f"prepare: on_error must be 'stop' or 'skip', got {self.on_error!r}")
         if self.commit_seconds < 0:
             raise config_io.ConfigError(f"prepare: commit_seconds must be >= 0, got {self.commit_seconds}")
+        if self.face_encoding not in FACE_ENCODINGS:
+            raise config_io.ConfigError(f"prepare: face_encoding must be one of {sorted(FACE_ENCODINGS)}, "
+                                        f"got {self.face_encoding!r}")
         if self.faces not in (None, *FACE_MODES):
             raise config_io.ConfigError(f"prepare: faces must be one of {FACE_MODES}, got {self.faces!r}")
         if (self.faces == "boxes") != (self.boxes_dir is not None) and self.faces is not None:
@@ -116,6 +123,9 @@ class PrepareConfig:
                                         f"(got faces={self.faces!r}, boxes_dir={self.boxes_dir})")
         if self.audio_only and (self.faces is not None or self.boxes_dir is not None):
             raise config_io.ConfigError("prepare: --audio-only writes no face store; drop --faces and --boxes-dir")
+        if self.part is not None and (self.num_parts is None or not 0 <= self.part < self.num_parts):
+            raise config_io.ConfigError(f"prepare: --part needs --num-parts and must lie in [0, num_parts), got "
+                                        f"part={self.part}, num_parts={self.num_parts}")
 
     @property
     def face_settings(self) -> FaceSettings:
@@ -127,6 +137,36 @@ class PrepareConfig:
     @property
     def resolved_run_dir(self) -> Path:
         return self.run_dir or runs.default_run_dir(self.dataset)
+
+    @property
+    def by_torchrun(self) -> bool:
+        """Parts are torchrun's ranks (no --part given, WORLD_SIZE > 1)."""
+        return self.part is None and runs.rank_and_world_size()[1] > 1
+
+    @property
+    def resolved_part(self) -> tuple[int, int] | None:
+        """(part, num_parts) this process decodes; None: the whole corpus, or (num_parts without part) nothing."""
+        if self.part is not None:
+            return self.part, self.num_parts
+        if not self.by_torchrun:
+            return None
+        rank, world_size = runs.rank_and_world_size()
+        if self.num_parts not in (None, world_size):
+            raise config_io.ConfigError(f"prepare: num_parts={self.num_parts} under torchrun with {world_size} "
+                                        "processes; launch as many processes as parts")
+        return rank, world_size
+
+    @property
+    def resolved_num_parts(self) -> int | None:
+        """How many parts the run has; None: one process writes whole stores."""
+        part = self.resolved_part
+        return part[1] if part is not None else self.num_parts
+
+    @property
+    def face_storage(self) -> dict:
+        """The face store's encoding attributes (FaceStoreSpec): a quality only for JPEG."""
+        return {"encoding": self.face_encoding,
+                "quality": self.jpeg_quality if self.face_encoding == "jpeg" else None}
 
 
 def spectrogram_store_path(directory: Path, backend: str) -> Path:
@@ -150,8 +190,8 @@ def save_boxes(directory: Path, key: str, boxes: np.ndarray) -> None:
 
 
 class _DecodeUtterances(torch.utils.data.Dataset):
-    """Decodes one utterance per item in a DataLoader worker: (key, spectrogram, face crops or None, detected crop
-    boxes or None, error)."""
+    """Decodes one utterance per item in a DataLoader worker: (key, spectrogram, its face crops as the face store's
+    fields (encoded) or None, detected crop boxes or None, error)."""
 
     def __init__(self, utterances: list[Utterance], cfg: PrepareConfig):
         self.utterances = utterances
@@ -172,23 +212,34 @@ class _DecodeUtterances(torch.utils.data.Dataset):
         if len(spectrogram) != SPEC_FRAMES_PER_VIDEO_FRAME * clip.n_video_frames:
             raise AssertionError(f"{utterance.key}: {len(spectrogram)} spectrogram frames for "
                                  f"{clip.n_video_frames} video frames")
-        return utterance.key, spectrogram, clip.faces, clip.boxes, None
+        faces = None if clip.faces is None else FACE_ENCODINGS[self.cfg.face_encoding].encode(
+            clip.faces, self.cfg.face_storage["quality"])  # the fields to write: encoded here, in the worker
+        return utterance.key, spectrogram, faces, clip.boxes, None
 
 
 def _one_thread_per_worker(_worker_id: int) -> None:
     torch.set_num_threads(1)  # workers share 2 cores with the main process; more threads only thrash
 
 
-@runs.one_writer(lambda cfg: locks.inside(runs.prepare_dir(cfg.resolved_run_dir)))
+# each part of a run in parts locks its own part; one process locks the prepare directory
+@runs.one_writer(lambda cfg: prepare_parts.lock_file(runs.prepare_dir(cfg.resolved_run_dir), cfg.resolved_part),
+                 every_rank=True)
 def run(cfg: PrepareConfig) -> Path:
-    """Decode, featurise and store every utterance the protocol uses; returns the prepare directory."""
+    """Decode, featurise and store every utterance the protocol uses (or this part's share); returns the prepare
+    directory."""
     out = runs.prepare_dir(cfg.resolved_run_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # under torchrun the ranks meet at a barrier once every part is decoded: allow for parts ending hours apart
+    job = distributed.setup(torch.device("cpu"), timeout=timedelta(days=7)) if cfg.by_torchrun else None
+    part, num_parts = cfg.resolved_part, cfg.resolved_num_parts
+    stores = [spectrogram_store_path(out, cfg.store), *([] if cfg.audio_only else [face_store_path(out, cfg.store)])]
+    config_path = out / CONFIG
+    prepare_parts.refuse_mixing(stores, num_parts, config_path)
 
     adapter = open_dataset(
         cfg.dataset, cfg.root, split_file=cfg.split_file, trials_file=cfg.trials_file, fold=cfg.fold,
-        classes=cfg.classes, include_song=cfg.include_song, include_scripted=cfg.include_scripted, split=cfg.split,
-        seed=cfg.seed, audio_only_ok=True if cfg.audio_only else cfg.audio_only_ok, boxes_dir=cfg.boxes_dir,
+        **cfg.corpus_options(), split=cfg.split, seed=cfg.seed,
+        audio_only_ok=True if cfg.audio_only else cfg.audio_only_ok, boxes_dir=cfg.boxes_dir,
         allow_trial_speakers_in_training=cfg.allow_trial_speakers_in_training,
     )
     dataset_summary = adapter.describe()
@@ -199,25 +250,36 @@ def run(cfg: PrepareConfig) -> Path:
     utterances = [u for u in listed if u.split in IDENTIFICATION_SPLITS or u.key in trial_keys]
     classes = adapter.classes()
     tqdm.write(f"prepare {cfg.dataset}: {adapter.headline(dataset_summary)}")
+    listing = prepare_parts.Listing(dataset_summary, len(listed), utterances, classes, trials)
+    face_summary = {"faces": None if cfg.audio_only else cfg.face_settings.describe(),
+                    "face_storage": None if cfg.audio_only else cfg.face_storage}
+    if part is None and num_parts is not None:  # --num-parts alone: finish a run whose parts are all done
+        prepare_parts.finish_parts(out, listing, stores, face_summary, num_parts)
+        return out
 
     params = SpectrogramParams(normalisation=cfg.normalisation)
     source = {"dataset": cfg.dataset, "dataset_root": str(Path(cfg.root).resolve()), "video_fps": VIDEO_FPS}
     # a store an earlier run left incomplete is resumed only if it was made with these same settings
     rebuild = "pass --overwrite to rebuild it"
-    spectrograms = SpectrogramStoreSpec(**source, spectrogram=params.to_dict()).open_or_create(
-        spectrogram_store_path(out, cfg.store), cfg.store, cfg.overwrite, rebuild)
+    spectrograms = prepare_parts.open_writer(SpectrogramStoreSpec(**source, spectrogram=params.to_dict()),
+                                             stores[0], cfg.store, cfg.overwrite, rebuild, part)
     # --audio-only: no face store at all, so later stages that need faces say so by its absence
-    faces = None if cfg.audio_only else FaceStoreSpec(
-        **source, face_size=cfg.face_size, crop=cfg.face_settings.describe()).open_or_create(
-        face_store_path(out, cfg.store), cfg.store, cfg.overwrite, rebuild)
+    face_schema = None if cfg.audio_only else FaceStoreSpec(
+        **source, face_size=cfg.face_size, crop=cfg.face_settings.describe(), **cfg.face_storage)
+    faces = None if face_schema is None else prepare_parts.open_writer(
+        face_schema, stores[1], cfg.store, cfg.overwrite, rebuild, part)
     writers = [writer for writer in (spectrograms, faces) if writer is not None]
-    # saved once the stores are accepted, without overwrite: the file is also the command that finishes
-    # the stores, and finishing must resume them, not wipe them
-    config_path = config_io.save(replace(cfg, overwrite=False), out / "config.toml")
+    # saved once the stores are accepted, without overwrite or part: the file is also the command that finishes
+    # the stores (with --part I, a part), and finishing must resume them, not wipe them
+    prepare_parts.save_config(replace(cfg, overwrite=False, part=None, num_parts=num_parts), config_path)
+    mine = prepare_parts.share(utterances, part)
     for writer in writers:
-        writer.set_expected(len(utterances), finish_with=f"avl stage prepare --config {config_path}")
+        writer.set_expected(len(mine), finish_with=prepare_parts.finish_command(config_path, part))
+    if part is not None:
+        prepare_parts.start_part(out, part)
     done = set.intersection(*(set(writer.keys) for writer in writers))
-    todo = [u for u in utterances if u.key not in done]
+    todo = [u for u in mine if u.key not in done]
+    started, frames = time.perf_counter(), 0
     skipped: list[tuple[str, str]] = []
     loader = torch.utils.data.DataLoader(
         _DecodeUtterances(todo, cfg),
@@ -225,69 +287,36 @@ def run(cfg: PrepareConfig) -> Path:
         num_workers=cfg.num_workers,
         worker_init_fn=_one_thread_per_worker,
     )
-    for key, spectrogram, face_frames, boxes, error in tqdm(loader, total=len(todo), desc="prepare", unit="utt"):
+    for key, spectrogram, face_values, boxes, error in tqdm(loader, total=len(todo), desc="prepare", unit="utt"):
         if error is not None:
             if cfg.on_error == "stop":
                 raise MediaError(f"{error}\n(pass --on-error skip to skip such files and record them)")
             skipped.append((key, error))
             continue
+        frames += len(spectrogram) // SPEC_FRAMES_PER_VIDEO_FRAME
         if key not in spectrograms.keys:
             spectrograms.write(key, {"spectrogram": spectrogram.numpy()})  # the loader made tensors of them
         if boxes is not None:  # before the crops are committed: a resumed run never lacks a kept clip's boxes
             save_boxes(boxes_dir(out), key, boxes.numpy())
         if faces is not None and key not in faces.keys:
-            faces.write(key, {"frames": face_frames.numpy()})
+            faces.write(key, {name: values.numpy() for name, values in face_values.items()})
         for writer in writers:
             writer.flush_if_due(cfg.commit_seconds)
     for writer in writers:
         writer.close()
+    seconds = time.perf_counter() - started
+    tqdm.write(f"prepare: decoded {frames} video frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.0f} frames/s)"
+               + ("" if part is None else f", part {part[0]} of {part[1]}"))
 
-    skipped_keys = {key for key, _ in skipped}
-    with open_store(writers[-1].path, require_complete=False) as reader:
-        # audio only: the video frames the spectrogram spans (4 rows each)
-        rows, rows_per_frame = ("spectrogram", SPEC_FRAMES_PER_VIDEO_FRAME) if faces is None else ("frames", 1)
-        lengths = {u.key: reader.length(u.key, rows) // rows_per_frame
-                   for u in utterances if u.key not in skipped_keys}
-    entries = [
-        Entry(u.key, u.label, u.split if u.split in IDENTIFICATION_SPLITS else "none",
-              lengths[u.key], lengths[u.key] / VIDEO_FPS, str(u.video_path if faces is not None else u.audio_path))
-        for u in utterances
-        if u.key not in skipped_keys
-    ]
-    kept_trials = [t for t in trials if t.enrol not in skipped_keys and t.test not in skipped_keys]
-    refuse_trial_speakers_in_training(entries, kept_trials, dataset_summary.get(ALLOW_OPTION, False),
-                                      f"{out / 'dataset.json'}")
-    write_manifest(out, entries, classes, kept_trials)
-    with open(out / "skipped.tsv", "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(("key", "reason"))
-        writer.writerows(skipped)
-    # the adapter's counts are of what it lists: say how many of those the manifest leaves out, and why
-    runs.write_json(out / "dataset.json", {**dataset_summary, "manifest": {
-        "utterances": len(entries),
-        "dropped": {"in_no_split_and_no_trial": len(listed) - len(utterances), "unreadable_media": len(skipped)},
-        "unreadable_media_listed_in": "skipped.tsv"}})
-
-    digest = manifest_hash(out)
-    for path in [writer.path for writer in writers]:
-        writer = open_for_append(path)
-        writer.set_attrs(manifest_sha256=digest)
-        writer.mark_complete()
-        writer.close()
-    runs.write_json(
-        out / "prepare.json",
-        {
-            "utterances": len(entries),
-            "skipped": len(skipped),
-            "classes": len(classes),
-            "trials": len(kept_trials),
-            "hours": sum(e.seconds for e in entries) / 3600,
-            "splits": {split: sum(e.split == split for e in entries) for split in (*IDENTIFICATION_SPLITS, "none")},
-            "manifest_sha256": digest,
-            "faces": None if faces is None else cfg.face_settings.describe(),
-        },
-    )
-    if faces is not None and entries:
-        write_contact_sheet(face_store_path(out, cfg.store), entries, classes, out / CONTACT_SHEET)
-    tqdm.write(f"prepare: {len(entries)} utterances ({len(skipped)} skipped), {len(classes)} classes → {out}")
+    if part is None:
+        prepare_parts.finish(out, listing, skipped, stores, face_summary)
+        return out
+    prepare_parts.record_part(out, listing, part, skipped, {"frames": frames, "seconds": round(seconds, 3)})
+    if job is None:  # a job-array task: the last part to finish finishes the run
+        prepare_parts.finish_if_last(out, listing, stores, face_summary, part)
+        return out
+    distributed.barrier(job)  # every rank's part is decoded and recorded
+    if job.is_main:
+        prepare_parts.finish_parts(out, listing, stores, face_summary, num_parts, lock_parts=False)
+    distributed.teardown(job)
     return out

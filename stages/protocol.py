@@ -26,6 +26,7 @@ from cache.store import open_store
 from pipeline import cells
 from pipeline import config as config_io
 from pipeline import runs
+from pipeline.datasets.options import EmotionCorpusOptions
 from pipeline.datasets.registry import dataset_crop_seconds, open_dataset
 from pipeline.distill import LEVELS, METHODS
 from pipeline.folds import prepare_fold, stores_complete
@@ -62,8 +63,8 @@ STUDENT_KEYS = (*cells.SWEEP_KEYS, "cache", "expect_teacher")
 
 
 @dataclass(frozen=True)
-class ProtocolConfig:
-    """Protocol settings: the corpus and its folds, the stage settings every fold shares, and where it all goes."""
+class ProtocolConfig(EmotionCorpusOptions):
+    """Protocol settings: the corpus, its options and its folds, the stage settings every fold shares, and where."""
 
     dataset: str = field(default="ravdess", metadata={
         "help": "ravdess (leave-one-actor-out) or iemocap (leave-one-session-out).", "choices": FOLD_DATASETS})
@@ -73,13 +74,6 @@ class ProtocolConfig:
     folds: tuple[int, ...] = field(default=(), metadata={
         "help": "Folds: the test actor (RAVDESS) or session (IEMOCAP) of each, or all (default: every one present).",
         "words": {"all": ()}})
-    # the dataset's protocol options, the same for every fold (None: the adapter's default)
-    classes: str | None = field(default=None, metadata={
-        "help": "RAVDESS: 7 (calm merged into neutral) or 8 classes."})
-    include_song: bool | None = field(default=None, metadata={
-        "help": "RAVDESS: the sung clips (default: included, as the paper).", "flag": "--include-song/--no-song"})
-    include_scripted: bool | None = field(default=None, metadata={
-        "help": "IEMOCAP: scripted turns.", "flag": "--include-scripted/--no-scripted"})
     lambdas: tuple[float, ...] = field(default=(0.0, 0.4), metadata={
         "help": "λ values; λ = 0 (the audio-only student) is trained whether listed or not."})
     method: str = field(default="proposed", metadata={"help": "Distillation method.", "choices": METHODS})
@@ -158,8 +152,7 @@ def fold_dir(cfg: ProtocolConfig, fold: int) -> Path:
 
 def open_adapter(cfg: ProtocolConfig, fold: int | None):
     """The dataset adapter with the protocol's options, for fold `fold` (None: every utterance "train")."""
-    return open_dataset(cfg.dataset, cfg.root, fold=fold, classes=cfg.classes, include_song=cfg.include_song,
-                        include_scripted=cfg.include_scripted)
+    return open_dataset(cfg.dataset, cfg.root, fold=fold, **cfg.corpus_options())
 
 
 def resolve_folds(cfg: ProtocolConfig) -> list[int]:
@@ -174,8 +167,7 @@ def resolve_folds(cfg: ProtocolConfig) -> list[int]:
 
 def prepare_config(cfg: ProtocolConfig) -> prepare.PrepareConfig:
     values = {**config_io.parse_options(cfg.prepare_options, "protocol: prepare option"),
-              "root": cfg.root, "dataset": cfg.dataset, "run_dir": shared_dir(cfg), "classes": cfg.classes,
-              "include_song": cfg.include_song, "include_scripted": cfg.include_scripted,
+              "root": cfg.root, "dataset": cfg.dataset, "run_dir": shared_dir(cfg), **cfg.corpus_options(),
               "num_workers": cfg.num_workers}
     return config_io.build(prepare.PrepareConfig, {k: v for k, v in values.items() if v is not None},
                            source="protocol prepare")

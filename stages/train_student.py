@@ -19,9 +19,10 @@ from pipeline import checkpoints, distributed, runs
 from pipeline.audio_only import refuse_distillation_without_faces
 from pipeline.errors import MissingInputError
 from pipeline import config as config_io
+from pipeline.controls import CONTROLS, PROBABILITY_TARGETS, controlled_targets
 from pipeline.data import TARGET_FIELDS, WINDOW_TARGETS, Crops
 from pipeline.datasets.registry import dataset_crop_seconds
-from pipeline.datasets.trial_speakers import check_prepared
+from pipeline.trial_speakers import check_prepared
 from pipeline.distill import LEVELS, METHODS, build_method
 from pipeline.evaluate import identification, verification
 from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, VIDEO_FPS
@@ -57,6 +58,10 @@ class StudentConfig(TrainingConfig):
                 "(utterance-peak).", "choices": TARGETS})
     temperature: float = field(default=2.0, metadata={
         "help": "Soft-label baseline: temperature T of Eq. 1.", "above": 0.0})
+    control: str = field(default="none", metadata={
+        "help": "Replace the teacher targets (λ > 0): shuffled (another training utterance's, a fixed permutation "
+                "seeded by --seed), class-mean (the class's mean target) or random-prototype (a fixed random vector "
+                "per class at the teacher's scale; not for soft-label).", "choices": CONTROLS})
     crop_seconds: int | None = field(default=None, metadata={
         "help": "Training crop length in whole seconds (default: the dataset's, as the paper: VoxCeleb 5, RAVDESS "
                 "and IEMOCAP 4); longer utterances are cut, shorter ones repeat-padded.", "min": 1})
@@ -81,6 +86,11 @@ class StudentConfig(TrainingConfig):
             raise config_io.ConfigError(f"train-student: unknown level {self.level!r}; known: {LEVELS}")
         if self.target not in TARGETS:
             raise config_io.ConfigError(f"train-student: unknown target {self.target!r}; known: {TARGETS}")
+        if self.control not in CONTROLS:
+            raise config_io.ConfigError(f"train-student: unknown control {self.control!r}; known: {list(CONTROLS)}")
+        if self.control == "random-prototype" and METHODS[self.method].target_for(self.level) in PROBABILITY_TARGETS:
+            raise config_io.ConfigError(f"train-student: --control random-prototype replaces embedding targets; "
+                                        f"{self.method} distils class probabilities (use shuffled or class-mean)")
         if self.distance not in ("mse", "cosine"):
             raise config_io.ConfigError(f"train-student: distance must be 'mse' or 'cosine', got {self.distance!r}")
         if self.expect_teacher is not None and not re.fullmatch(r"[0-9a-f]{12,64}", self.expect_teacher):
@@ -102,10 +112,12 @@ class StudentConfig(TrainingConfig):
 
     @property
     def run_name(self) -> str:
-        """`[arch-][level-]method-lambdaλ-seedS`; the arch and level appear when they are not the defaults."""
+        """`[arch-][level-]method[-control]-lambdaλ-seedS`; arch, level and control appear when not the defaults."""
         if self.name:
             return self.name
         variant = [part for part, default in ((self.arch, "resnet"), (self.level, "non-sequential")) if part != default]
+        if self.control != "none":
+            return "-".join([*variant, self.method, self.control, f"lambda{self.lam:g}", f"seed{self.seed}"])
         return "-".join([*variant, self.method, f"lambda{self.lam:g}", f"seed{self.seed}"])
 
     @property
@@ -214,8 +226,12 @@ def run(cfg: StudentConfig) -> Path:
     step = speed_settings(StudentStep(model, method, cfg.lam), device, cfg.channels_last, cfg.compile)
     # multitask's decoder gets no gradient at λ = 0: DDP must then look for unused parameters
     trained_step = distributed.wrap(step, job, device, find_unused=any(True for _ in method.parameters()))
-    dataset = Crops(train, [class_index[e.label] for e in train], spectrogram_path, cache_path, cfg.crop_seconds,
-                    target_kind)
+    labels = [class_index[e.label] for e in train]
+    donors, class_targets, control = (controlled_targets(cfg.control, cache_path, train, labels, len(classes),
+                                                         target_kind, cfg.seed)
+                                      if cfg.lam > 0 else (None, None, {"kind": cfg.control, "applied": False}))
+    dataset = Crops(train, labels, spectrogram_path, None if class_targets is not None else cache_path,
+                    cfg.crop_seconds, target_kind, donors, class_targets)
     val = by_split["val"] or by_split["test"]
     history = fit(
         cfg, job, device, out, resume_from, step, trained_step, dataset, "student",
@@ -235,6 +251,7 @@ def run(cfg: StudentConfig) -> Path:
         "distance": cfg.distance,
         "target": target_kind,
         "temperature": cfg.temperature,
+        "control": control,
         "arch": cfg.arch,
         "tiny": cfg.tiny,
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -15,12 +15,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cache import locks
-from cache.store import open_store
 from pipeline import checkpoints, distributed, runs
 from pipeline import config as config_io
 from pipeline.data import RandomFrames, RandomWindows, collate_frames, collate_windows
 from pipeline.datasets.registry import dataset_crop_seconds
 from pipeline.evaluate import evaluate_teacher
+from pipeline.face_store import open_faces
 from pipeline.manifest import read_classes, read_splits
 from pipeline.models.spec import ModelSpec
 from pipeline.models.teachers import TEACHERS, build_teacher, load_initial_weights
@@ -93,7 +93,8 @@ def run(cfg: TeacherConfig) -> Path:
         dataset = RandomFrames(store_path, train_keys, train_labels, cfg.frames_per_utterance)
     step = speed_settings(TeacherStep(model, cfg.sequential), device, cfg.channels_last, cfg.compile)
     trained_step = distributed.wrap(step, job, device)
-    store = open_store(store_path)
+    # evaluation reads whole utterances in this process: JPEG frames are decoded on the GPU when training on one
+    store = open_faces(store_path, decode_device=device if device.type == "cuda" else "cpu")
     val = by_split["val"] or by_split["test"]
     val_keys, val_labels = [e.key for e in val], [class_index[e.label] for e in val]
     history = fit(
@@ -107,7 +108,7 @@ def run(cfg: TeacherConfig) -> Path:
     test = by_split["test"]
     test_metrics = evaluate_teacher(model, store, [e.key for e in test], [class_index[e.label] for e in test], device,
                                     job=job)
-    face_size = int(store.attrs["face_size"])
+    face_size = store.face_size
     store.close()
     if not job.is_main:
         distributed.teardown(job)

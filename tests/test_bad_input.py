@@ -9,8 +9,8 @@ from pathlib import Path
 
 import av
 import pytest
+from media_files import write_mp4, write_wav
 from test_iemocap import HEADER, block, write_session
-from test_media import _write_mp4, _write_wav
 
 from cache.store import open_store
 from pipeline.datasets.base import DatasetError
@@ -54,9 +54,9 @@ def _written(path: Path, content: bytes) -> Path:
 BAD_MEDIA = {
     "corrupt": (lambda d: _written(d / "garbage.mp4", bytes(range(256)) * 20), "cannot open"),
     "zero-bytes": (lambda d: _written(d / "empty.mp4", b""), "cannot open"),
-    "truncated": (lambda d: _truncated(_write_mp4(d / "cut.mp4", 2.0), 0.5), "cannot open"),  # mp4 index is last
-    "no-audio-track": (lambda d: _write_mp4(d / "silent.mp4", 1.0, sample_rate=None), "no audio track"),
-    "no-video-track": (lambda d: _write_wav(d / "sound.wav", 1.0, 16000, 1), "no video track"),
+    "truncated": (lambda d: _truncated(write_mp4(d / "cut.mp4", 2.0), 0.5), "cannot open"),  # mp4 index is last
+    "no-audio-track": (lambda d: write_mp4(d / "silent.mp4", 1.0, sample_rate=None), "no audio track"),
+    "no-video-track": (lambda d: write_wav(d / "sound.wav", 1.0, 16000, 1), "no video track"),
     "zero-length": (lambda d: _zero_packet_mp4(d / "zero.mp4"), "no (video|audio) track|zero"),
 }
 
@@ -71,7 +71,7 @@ def test_bad_media_raise_naming_the_file(tmp_path: Path, kind: str) -> None:
 
 
 def test_zero_length_audio_beside_a_video(tmp_path: Path) -> None:
-    video = _write_mp4(tmp_path / "v.mp4", 1.0, sample_rate=None)
+    video = write_mp4(tmp_path / "v.mp4", 1.0, sample_rate=None)
     audio = _header_only_wav(tmp_path / "empty.wav")
     with pytest.raises(MediaError, match="zero-length audio") as error:
         load_audio_visual(video, audio)
@@ -79,7 +79,7 @@ def test_zero_length_audio_beside_a_video(tmp_path: Path) -> None:
 
 
 def test_truncated_wav_decodes_what_is_there(tmp_path: Path) -> None:
-    path = _truncated(_write_wav(tmp_path / "a.wav", 2.0, 16000, 1), 0.5)  # header still says 2 s
+    path = _truncated(write_wav(tmp_path / "a.wav", 2.0, 16000, 1), 0.5)  # header still says 2 s
     assert abs(len(decode_audio(path)) - 16000) <= 64
 
 
@@ -203,10 +203,10 @@ def voxceleb_tree(tmp_path: Path) -> Path:
     root = tmp_path / "vox"
     for key in ("id10001/vidA/00001", "id10001/vidA/00002", "id10002/vidB/00001", "id10002/vidB/00002"):
         (root / "mp4" / key).parent.mkdir(parents=True, exist_ok=True)
-    _write_mp4(root / "mp4" / "id10001/vidA/00001.mp4", 1.0)
-    _write_mp4(root / "mp4" / "id10002/vidB/00001.mp4", 1.0)
+    write_mp4(root / "mp4" / "id10001/vidA/00001.mp4", 1.0)
+    write_mp4(root / "mp4" / "id10002/vidB/00001.mp4", 1.0)
     (root / "mp4" / "id10001/vidA/00002.mp4").write_bytes(b"\0" * 4000)
-    _write_mp4(root / "mp4" / "id10002/vidB/00002.mp4", 1.0, sample_rate=None)
+    write_mp4(root / "mp4" / "id10002/vidB/00002.mp4", 1.0, sample_rate=None)
     (root / "iden_split.txt").write_text(
         "1 id10001/vidA/00001.wav\n3 id10001/vidA/00002.wav\n1 id10002/vidB/00001.wav\n3 id10002/vidB/00002.wav\n"
     )

@@ -4,17 +4,16 @@ writes repeat the run through --boxes-dir."""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import matplotlib.image
 import numpy as np
 import pytest
+from media_files import write_mp4
 
-from cache.store import open_store
 from pipeline import config as config_io
 from pipeline.datasets.synthetic.face import render_talking_face, sample_face
+from pipeline.face_store import open_faces
 from pipeline.manifest import read_manifest
 from pipeline.media import MediaError, decode_video
 from pipeline.media.detect import (
@@ -125,26 +124,6 @@ def test_mead_faces_fill_most_of_the_frame(speaker: str) -> None:
     assert (crops >= 0).all() and (crops[:, 2:] <= frames.shape[2]).all()
 
 
-def _write_faceless_mp4(path: Path, seconds: float = 2.0) -> Path:
-    """An H.264 + AAC mp4 of flat grey frames and a tone: media that decodes, with no face in it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=25)
-        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
-        audio = container.add_stream("aac", rate=16000, layout="mono")
-        tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(round(seconds * 16000)) / 16000)).astype(np.float32)
-        sound = av.AudioFrame.from_ndarray(tone[None], format="fltp", layout="mono")
-        sound.sample_rate, sound.pts, sound.time_base = 16000, 0, Fraction(1, 16000)
-        container.mux(audio.encode(sound))
-        container.mux(audio.encode(None))
-        for index in range(round(seconds * 25)):
-            image = av.VideoFrame.from_ndarray(np.full((120, 160, 3), 128, np.uint8), format="rgb24")
-            image.pts, image.time_base = index, Fraction(1, 25)
-            container.mux(video.encode(image))
-        container.mux(video.encode(None))
-    return path
-
-
 def _av_root(root: Path, with_faceless: bool) -> Path:
     """Real CREMA-D and GRID clips in the VoxCeleb layout (speaker/video/clip.mp4, linked, not copied): PyAV reads
     a file by its content, so the FLV and MPEG-1 clips decode under the .mp4 name."""
@@ -154,7 +133,7 @@ def _av_root(root: Path, with_faceless: bool) -> Path:
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(clip)
     if with_faceless:
-        _write_faceless_mp4(root / "mp4" / "blank" / "v1" / "00001.mp4")
+        write_mp4(root / "mp4" / "blank" / "v1" / "00001.mp4", 2.0, size=(160, 120), grey=128)  # decodes, no face
     return root
 
 
@@ -175,9 +154,9 @@ def test_stage0_detects_skips_faceless_clips_and_repeats_with_the_boxes_it_wrote
     assert len(skipped) == 2 and skipped[1].startswith("blank/v1/00001\t") and "a face was found in 0" in skipped[1]
     keys = [entry.key for entry in read_manifest(prepared)]
     assert len(keys) == 3 and "blank/v1/00001" not in keys
-    with open_store(prepared / "faces.zarr") as faces:
+    with open_faces(prepared / "faces.zarr") as faces:
         assert faces.attrs["crop"].startswith(f"detect {DETECTOR}")
-        crops = {key: faces.read(key, "frames") for key in keys}
+        crops = {key: faces.read(key) for key in keys}
     for key in keys:
         boxes = np.load(prepared / "boxes" / f"{key}.npy")
         assert boxes.shape == (len(crops[key]), 4)
@@ -186,9 +165,9 @@ def test_stage0_detects_skips_faceless_clips_and_repeats_with_the_boxes_it_wrote
 
     again = _prepare(_av_root(tmp_path / "av-again", with_faceless=False), tmp_path / "again", faces="boxes",
                      boxes_dir=prepared / "boxes")
-    with open_store(again / "faces.zarr") as faces:
+    with open_faces(again / "faces.zarr") as faces:
         for key in keys:
-            np.testing.assert_array_equal(faces.read(key, "frames"), crops[key])
+            np.testing.assert_array_equal(faces.read(key), crops[key])
 
 
 def test_face_options_are_checked(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def test_torchrun_command_is_built_from_the_nproc_flag() -> None:
     with pytest.raises(config_io.ConfigError, match="positive process count"):
         torchrun_command(["stage", "train-student", "--nproc-per-node", "two"])
     with pytest.raises(config_io.ConfigError, match="applies to"):
-        torchrun_command(["stage", "prepare", "--nproc-per-node", "2"])
+        torchrun_command(["sweep", "--nproc-per-node", "2"])
 
 
 def test_distributed_export_equals_single_process_export_key_by_key(exported, tmp_path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from cache.store import open_store
 from pipeline import runs
+from pipeline.face_store import open_faces
 from stages import demo
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def test_cache_holds_every_target_for_every_train_and_val_utterance_and_no_test_
 
     run_dir = demo_run / "run"
     cache = open_store(run_dir / "embeddings" / "voxceleb.zarr")
-    faces = open_store(run_dir / "prepare" / "faces.zarr")
+    faces = open_faces(run_dir / "prepare" / "faces.zarr")
     teacher = runs.read_json(run_dir / "teacher" / "metrics.json")
     assert cache.attrs["teacher_fingerprint"] == teacher["teacher_fingerprint"]
     assert cache.attrs["teacher_fingerprint"] == runs.file_sha256(run_dir / "teacher" / "teacher.pt")
@@ -51,7 +52,7 @@ def test_cache_holds_every_target_for_every_train_and_val_utterance_and_no_test_
     assert not {e.key for e in entries if e.split == "test"} & set(cache.keys)
     assert set(cache.keys) < set(faces.keys)
     for key in cache.keys:
-        n_frames = faces.length(key, "frames")
+        n_frames = faces.length(key)
         assert cache.length(key, "frames") == cache.length(key, "frame_prob") == n_frames
         assert cache.length(key, "segments") == math.ceil(n_frames / 25)
         frames = cache.read(key, "frames").astype(np.float32)

@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from test_media import _write_wav, mux_audio, mux_grey_frames
+from media_files import mux_audio, mux_grey_frames, write_wav
 
 from pipeline.datasets.base import DatasetError
 from pipeline.datasets.iemocap import Iemocap, read_emo_evaluation
@@ -61,7 +61,7 @@ def write_session(root: Path, session: int, dialogs: tuple[str, ...] = ("impro01
         for suffix, _, start, end in TURNS:
             wav = root / f"Session{session}" / "sentences" / "wav" / dialog / f"{dialog}_{suffix}.wav"
             wav.parent.mkdir(parents=True, exist_ok=True)
-            _write_wav(wav, seconds=end - start, sample_rate=16000, channels=1)
+            write_wav(wav, seconds=end - start, sample_rate=16000, channels=1)
         if video:
             _write_dialog_avi(root / f"Session{session}" / "dialog" / "avi" / "DivX" / f"{dialog}.avi")
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from media_files import mux_audio, mux_grey_frames, tone, write_mp4, write_wav
 
 from pipeline.media import (
     MediaError,
@@ -27,65 +26,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real test data not found at {SHARED_DATA}")
 
 
-def _write_mp4(
-    path: Path,
-    seconds: float,
-    fps: int = 25,
-    sample_rate: int | None = 16000,
-    size: int = 32,
-) -> Path:
-    """An H.264 mp4 whose frame i is filled with grey level i (mod 256), with an optional AAC 440 Hz tone."""
-    with av.open(str(path), "w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width = video.height = size
-        video.pix_fmt = "yuv420p"
-        video.options = {"preset": "ultrafast", "crf": "18"}
-        if sample_rate is not None:
-            audio = container.add_stream("aac", rate=sample_rate, layout="mono")
-            mux_audio(container, audio, _tone(seconds, sample_rate), sample_rate)
-        mux_grey_frames(container, video, [(index * 8) % 256 for index in range(round(seconds * fps))], fps)
-    return path
-
-
-def _tone(seconds: float, sample_rate: int) -> np.ndarray:
-    """A 0.3-amplitude 440 Hz sine, float32."""
-    return (0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * sample_rate)) / sample_rate)).astype(np.float32)
-
-
-def mux_audio(container: av.container.OutputContainer, stream, samples: np.ndarray, sample_rate: int) -> None:
-    """Encode a whole mono signal (float32, or int16 PCM) as one frame at time 0, then flush the encoder."""
-    sample_format = "s16" if samples.dtype == np.int16 else "fltp"
-    frame = av.AudioFrame.from_ndarray(samples[None], format=sample_format, layout="mono")
-    frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
-    container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
-
-
-def mux_grey_frames(container: av.container.OutputContainer, stream, levels: Iterable[int], fps: int) -> None:
-    """Encode flat grey frames, frame i at level levels[i] (which marks it in a decode), then flush the encoder."""
-    for index, level in enumerate(levels):
-        image = av.VideoFrame.from_ndarray(np.full((stream.height, stream.width, 3), level, np.uint8), format="rgb24")
-        image.pts, image.time_base = index, Fraction(1, fps)
-        container.mux(stream.encode(image))
-    container.mux(stream.encode(None))
-
-
-def _write_wav(path: Path, seconds: float, sample_rate: int, channels: int) -> Path:
-    """A 16-bit PCM wav of a 220 Hz tone."""
-    n = round(seconds * sample_rate)
-    tone = (0.5 * np.sin(2 * np.pi * 220 * np.arange(n) / sample_rate) * 32767).astype(np.int16)
-    layout = "stereo" if channels == 2 else "mono"
-    with av.open(str(path), "w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=sample_rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.tile(tone, channels)[None], format="s16", layout=layout)
-        frame.sample_rate, frame.pts = sample_rate, 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
 def test_mp4_with_h264_and_aac(tmp_path: Path) -> None:
-    path = _write_mp4(tmp_path / "a.mp4", seconds=2.0)
+    path = write_mp4(tmp_path / "a.mp4", seconds=2.0)
     info = probe(path)
     assert (info.has_audio, info.has_video, info.audio_rate, info.audio_channels) == (True, True, 16000, 1)
     assert (info.video_codec, info.audio_codec, info.video_fps, info.width) == ("h264", "aac", 25.0, 32)
@@ -114,7 +56,7 @@ def _write_container(path: Path, container_format: str, video_codec: str | None,
             video = container.add_stream(video_codec, rate=fps)
             video.width = video.height = 32
             video.pix_fmt = "yuv420p"
-        mux_audio(container, audio, _tone(seconds, sample_rate), sample_rate)
+        mux_audio(container, audio, tone(seconds, sample_rate), sample_rate)
         if video_codec is not None:
             mux_grey_frames(container, video, range(round(seconds * fps)), fps)
     return path
@@ -143,7 +85,7 @@ def test_other_containers_decode(
 
 
 def test_wav_48k_stereo_is_resampled_to_16k_mono(tmp_path: Path) -> None:
-    path = _write_wav(tmp_path / "s.wav", seconds=1.5, sample_rate=48000, channels=2)
+    path = write_wav(tmp_path / "s.wav", seconds=1.5, sample_rate=48000, channels=2)
     info = probe(path)
     assert (info.audio_rate, info.audio_channels, info.has_video) == (48000, 2, False)
     audio = decode_audio(path)
@@ -152,7 +94,7 @@ def test_wav_48k_stereo_is_resampled_to_16k_mono(tmp_path: Path) -> None:
 
 
 def test_30_fps_video_is_resampled_to_25_fps_by_timestamp(tmp_path: Path) -> None:
-    path = _write_mp4(tmp_path / "v30.mp4", seconds=2.0, fps=30, sample_rate=None)
+    path = write_mp4(tmp_path / "v30.mp4", seconds=2.0, fps=30, sample_rate=None)
     frames = decode_video(path, fps=25.0)
     assert len(frames) == 50
     # Output frame i shows source frame floor(i * 30 / 25) (the latest one not after i/25 s).
@@ -162,21 +104,21 @@ def test_30_fps_video_is_resampled_to_25_fps_by_timestamp(tmp_path: Path) -> Non
 
 
 def test_upsampling_fps_duplicates_frames(tmp_path: Path) -> None:
-    path = _write_mp4(tmp_path / "v10.mp4", seconds=1.0, fps=10, sample_rate=None)
+    path = write_mp4(tmp_path / "v10.mp4", seconds=1.0, fps=10, sample_rate=None)
     frames = decode_video(path, fps=25.0)
     assert len(frames) == 25
     assert np.array_equal(frames[0], frames[2]) and not np.array_equal(frames[2], frames[3])
 
 
 def test_no_audio_track_raises_naming_the_file(tmp_path: Path) -> None:
-    path = _write_mp4(tmp_path / "silent.mp4", seconds=1.0, sample_rate=None)
+    path = write_mp4(tmp_path / "silent.mp4", seconds=1.0, sample_rate=None)
     with pytest.raises(MediaError, match="no audio") as error:
         decode_audio(path)
     assert str(error.value).startswith(str(path))
 
 
 def test_truncated_mp4_fails_or_decodes_shorter(tmp_path: Path) -> None:
-    path = _write_mp4(tmp_path / "cut.mp4", seconds=2.0)
+    path = write_mp4(tmp_path / "cut.mp4", seconds=2.0)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * 0.3)])
     # The mp4 muxer writes the index (moov) last: without it FFmpeg cannot open the file at all.
@@ -223,8 +165,8 @@ def test_centre_crop_resize_takes_the_centre() -> None:
 
 
 def test_load_audio_visual_cuts_to_the_shorter_stream(tmp_path: Path) -> None:
-    video = _write_mp4(tmp_path / "v.mp4", seconds=2.0, sample_rate=None)
-    audio = _write_wav(tmp_path / "a.wav", seconds=1.23, sample_rate=16000, channels=1)
+    video = write_mp4(tmp_path / "v.mp4", seconds=2.0, sample_rate=None)
+    audio = write_wav(tmp_path / "a.wav", seconds=1.23, sample_rate=16000, channels=1)
     samples, frames = load_audio_visual(video, audio)
     assert len(frames) == 30  # 1.23 s of audio holds 30 whole 40 ms frames
     assert len(samples) == 30 * 640
@@ -264,7 +206,7 @@ def test_real_mead_mp4_has_video_but_no_audio() -> None:
 
 @pytest.mark.parametrize(("start", "end"), [(0.0, 0.4), (0.72, 1.2), (1.6, 2.0), (1.4, None)])
 def test_mp4_range_matches_the_whole_decode(tmp_path: Path, start: float, end: float | None) -> None:
-    path = _write_mp4(tmp_path / "a.mp4", seconds=2.0)
+    path = write_mp4(tmp_path / "a.mp4", seconds=2.0)
     whole = decode_video(path)
     cut = decode_video(path, start=start, end=end)
     first, last = round(start * 25), round((end or 2.0) * 25)
@@ -324,11 +266,7 @@ def test_wav_range_is_sample_exact(tmp_path: Path) -> None:
     path = tmp_path / "ramp.wav"
     ramp = (np.arange(48000 * 2) / (48000 * 2) * 0.9 * 32767).astype(np.int16)  # 2 s, 48 kHz, 0 → 0.9
     with av.open(str(path), "w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=48000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(ramp[None], format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 48000, 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+        mux_audio(container, container.add_stream("pcm_s16le", rate=48000, layout="mono"), ramp, 48000)
     audio = decode_audio(path, start=0.5, end=1.5)
     assert len(audio) == 16000
     assert audio[100] == pytest.approx(0.9 * (0.5 + 100 / 16000) / 2, abs=2e-3)
@@ -337,8 +275,8 @@ def test_wav_range_is_sample_exact(tmp_path: Path) -> None:
 
 
 def test_separate_audio_is_not_cut_unless_asked(tmp_path: Path) -> None:
-    video = _write_mp4(tmp_path / "v.mp4", seconds=3.0, sample_rate=None)
-    sentence = _write_wav(tmp_path / "turn.wav", seconds=0.8, sample_rate=16000, channels=1)
+    video = write_mp4(tmp_path / "v.mp4", seconds=3.0, sample_rate=None)
+    sentence = write_wav(tmp_path / "turn.wav", seconds=0.8, sample_rate=16000, channels=1)
     audio, frames = load_audio_visual(video, sentence, start=1.0, end=2.0)
     assert len(frames) == 20 and len(audio) == 20 * 640  # the 0.8 s sentence bounds the 1 s cut
     assert abs(int(frames[0, 16, 16, 0]) - 200) <= 3  # frame 25
@@ -348,7 +286,7 @@ def test_separate_audio_is_not_cut_unless_asked(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("start", "end"), [(2.5, 3.0), (1.0, 1.0), (1.0, 0.5), (-1.0, 1.0)])
 def test_empty_ranges_raise_naming_the_file(tmp_path: Path, start: float, end: float) -> None:
-    path = _write_mp4(tmp_path / "a.mp4", seconds=2.0)
+    path = write_mp4(tmp_path / "a.mp4", seconds=2.0)
     with pytest.raises(MediaError) as error:
         load_audio_visual(path, start=start, end=end)
     assert str(error.value).startswith(str(path))

@@ -261,8 +261,8 @@ class _Frames:
     def __init__(self, frames: dict[str, np.ndarray]):
         self.frames = frames
 
-    def read(self, key: str, field: str) -> np.ndarray:
-        return self.frames[key]
+    def read_tensor(self, key: str) -> torch.Tensor:
+        return torch.from_numpy(self.frames[key])
 
 
 def test_teacher_ua_is_the_mean_recall_over_classes():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_media import _write_mp4, _write_wav
+from media_files import write_mp4, write_wav
 from typer.testing import CliRunner
 
 from pipeline import config as config_io
@@ -30,8 +30,8 @@ def _clip(root: Path, modality: str, channel: str, emotion: str, actor: str, rep
     path = root / f"Actor_{actor}" / f"{modality}-{channel}-{emotion}-01-01-{repetition}-{actor}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if modality == "03":
-        return _write_wav(path.with_suffix(".wav"), seconds=1.0, sample_rate=48000, channels=1)
-    return _write_mp4(path.with_suffix(".mp4"), seconds=1.0, sample_rate=48000 if modality == "01" else None)
+        return write_wav(path.with_suffix(".wav"), seconds=1.0, sample_rate=48000, channels=1)
+    return write_mp4(path.with_suffix(".mp4"), seconds=1.0, sample_rate=48000 if modality == "01" else None)
 
 
 @pytest.fixture(scope="module")

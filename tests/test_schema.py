@@ -134,4 +134,6 @@ def test_the_store_benchmark_runs(tmp_path, capsys):
     result = bench.run(bench.StoreBenchConfig(utterances=6, batches=2, dir=tmp_path))
     assert set(result["backends"]) == {"zarr", "hdf5"} and result["memory_batches_per_second"] > 0
     assert '"backends"' in capsys.readouterr().out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hdf5", "zarr"]  # the in-memory stores wrote nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crops", "hdf5", "zarr"]  # the in-memory stores wrote nothing
+    crops = result["crop_reads"]["crops_per_second"]
+    assert {"memory", "flat_memmap", "h5py_plain", "npy_per_utterance", "avl_zarr", "avl_hdf5"} <= set(crops)

@@ -14,6 +14,7 @@ import torch
 from cache.store import StoreError, open_store
 from pipeline import config as config_io
 from pipeline import runs
+from pipeline.face_store import open_faces
 from pipeline.features import SEGMENT_VIDEO_FRAMES
 from pipeline.targets import window_frames
 
@@ -77,16 +78,16 @@ def test_teacher_training_windows_are_frame_sequences(tiny_run, frames_per_segme
     from pipeline.data import RandomWindows
 
     store_path = runs.find_store(runs.prepare_dir(tiny_run / "run"), "faces")
-    store = open_store(store_path)
+    store = open_faces(store_path)
     keys = list(store.keys)
     dataset = RandomWindows(store_path, keys, [0] * len(keys), WINDOW_SECONDS, frames_per_segment)
     torch.manual_seed(0)
     for index, key in enumerate(keys):
         frames, _ = dataset[index]
         assert frames.shape[0] == WINDOW_SECONDS * frames_per_segment
-        assert frames.shape[1:] == store.read(key, "frames", 0, 1).shape[1:]
+        assert frames.shape[1:] == store.read(key, 0, 1).shape[1:]
         if frames_per_segment == 25:  # one of the windows export aggregates, maybe flipped
-            stored, n_frames = store.read(key, "frames"), store.length(key, "frames")
+            stored, n_frames = store.read(key), store.length(key)
             windows = [stored[window_frames(n_frames, start, WINDOW_SECONDS)]
                        for start in range(max(1, n_frames // 25 - WINDOW_SECONDS + 1))]
             assert any(np.array_equal(window, frames.numpy()) or np.array_equal(window[:, :, ::-1], frames.numpy())

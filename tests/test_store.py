@@ -22,13 +22,14 @@ from cache.store import (
 )
 
 BACKEND_NAMES = sorted(BACKENDS)
-# tiny chunks, so a handful of keys already spans several chunks and several flushes
+# tiny chunks, so a handful of keys already spans several chunks and several flushes; both layouts, ragged and
+# per-item, so every test reads raw fields (pread from memory maps) and compressed ones (the library)
 FIELDS = [
-    FieldSpec("frames", "float16", (8,), chunk_rows=4),
+    FieldSpec("frames", "float16", (8,), chunk_rows=4, layout="raw"),
     FieldSpec("frame_prob", "float32", (), chunk_rows=4),
-    FieldSpec("frame_pred", "int64", (), chunk_rows=4),
-    FieldSpec("crops", "uint8", (3, 4, 4), chunk_rows=4),
-    FieldSpec("peak", "float32", (8,), ragged=False, chunk_rows=4),
+    FieldSpec("frame_pred", "int64", (), chunk_rows=4, layout="raw"),
+    FieldSpec("crops", "uint8", (3, 4, 4), chunk_rows=4, layout="raw"),
+    FieldSpec("peak", "float32", (8,), ragged=False, chunk_rows=4, layout="raw"),
     FieldSpec("n_frames", "int32", (), ragged=False, chunk_rows=4),
 ]
 LENGTHS = [0, 1, 5, 3, 0, 1, 7, 2]

@@ -14,7 +14,7 @@ from pipeline.cli import app
 from pipeline.datasets.base import DatasetError, Trial
 from pipeline.datasets.registry import DATASETS
 from pipeline.datasets.synthetic import SynthConfig, synthesize
-from pipeline.datasets.trial_speakers import TrialSpeakersInTrainingError, check_prepared
+from pipeline.trial_speakers import TrialSpeakersInTrainingError, check_prepared
 from pipeline.datasets.voxceleb import (
     VoxCeleb,
     read_iden_split,

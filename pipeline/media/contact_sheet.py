@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.store import open_store
+from pipeline.face_store import open_faces
 from pipeline.manifest import Entry
 
 
@@ -39,11 +39,11 @@ def write_contact_sheet(face_store: Path, entries: Sequence[Entry], classes: Seq
     figure, axes = plt.subplots(rows, columns, figsize=(1.2 * columns + 1.2, 1.2 * rows + 0.5), squeeze=False)
     for axis in axes.flat:
         axis.set_axis_off()
-    with open_store(face_store, require_complete=False) as store:
+    with open_faces(face_store, require_complete=False) as store:
         for row, (name, picks) in enumerate(picked.items()):
             for column, entry in enumerate(picks):
-                middle = store.length(entry.key, "frames") // 2
-                axes[row, column].imshow(store.read(entry.key, "frames", middle, middle + 1)[0])
+                middle = store.length(entry.key) // 2
+                axes[row, column].imshow(store.read(entry.key, middle, middle + 1)[0])
                 axes[row, column].set_title(Path(entry.key).name[:14], fontsize=6)
             axes[row, 0].text(-0.08, 0.5, name[:16], transform=axes[row, 0].transAxes, ha="right", va="center",
                               fontsize=8)

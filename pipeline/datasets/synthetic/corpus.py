@@ -1,20 +1,23 @@
-"""Write the synthetic corpus: speakers and their utterance plan, H.264/AAC mp4s, iden_split.txt, veri_test.txt."""
+"""Write the synthetic corpus: speakers and their utterance plan, H.264/AAC mp4s, iden_split.txt, veri_test.txt.
+
+This module writes version 1 (face and voice drawn independently, utterances split at random) and hands version 2
+to `corpus_v2`.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.datasets.synthetic import corpus_v2
 from pipeline.datasets.synthetic.config import GENERATOR_VERSION, SynthConfig
-from pipeline.datasets.synthetic.face import Face, render_frames, sample_face
+from pipeline.datasets.synthetic.face import Face, render_talking_face, sample_face
 from pipeline.datasets.synthetic.voice import Voice, channel_response, mouth_opening, sample_voice, speech
+from pipeline.datasets.synthetic.writing import trial_lines, write_mp4, write_text
 
 _VIDEO_ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
 _FIRST_SPEAKER_NUMBER = 10001
@@ -43,8 +46,11 @@ class _Utterance:
 
 
 def synthesize(out: Path, cfg: SynthConfig, progress: bool = True) -> Path:
-    """Write the corpus (mp4 tree, iden_split.txt, veri_test.txt, speakers.json) under `out`; return `out`."""
+    """Write the corpus under `out` and return `out`: version 1 and version 2's speaker task write the VoxCeleb
+    layout (mp4 tree, iden_split.txt, veri_test.txt), the emotion task the RAVDESS layout; all write speakers.json."""
     out = Path(out)
+    if cfg.corpus_version == 2:
+        return corpus_v2.synthesize(out, cfg, progress)
     speakers = [_sample_speaker(cfg, index) for index in range(cfg.n_speakers + cfg.n_verification_speakers)]
     plan = [utterance for index, speaker in enumerate(speakers) for utterance in _plan_speaker(cfg, speaker, index)]
     for utterance in tqdm(plan, desc="synthesize", unit="utt", disable=not progress):
@@ -52,14 +58,14 @@ def synthesize(out: Path, cfg: SynthConfig, progress: bool = True) -> Path:
         audio, frames = _render_utterance(cfg, speaker.face, speaker.voice, utterance)
         path = out / "mp4" / f"{utterance.key}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_mp4(path, frames, audio, cfg.fps, cfg.sample_rate)
+        write_mp4(path, frames, audio, cfg.fps, cfg.sample_rate)
 
     rng = np.random.default_rng([cfg.seed, 3])
     iden = [utterance for utterance in plan if utterance.speaker < cfg.n_speakers]
     veri = [utterance for utterance in plan if utterance.speaker >= cfg.n_speakers]
-    _write_text(out / "iden_split.txt", _split_lines(rng, iden, cfg.utterances_per_speaker))
-    _write_text(out / "veri_test.txt", _trial_lines(rng, veri, cfg.n_trials))
-    _write_text(out / "speakers.json", [_speakers_json(cfg, speakers)])
+    write_text(out / "iden_split.txt", _split_lines(rng, iden, cfg.utterances_per_speaker))
+    write_text(out / "veri_test.txt", trial_lines(rng, veri, cfg.n_trials))
+    write_text(out / "speakers.json", [_speakers_json(cfg, speakers)])
     return out
 
 
@@ -107,48 +113,8 @@ def _render_utterance(
     speech_rms = float(np.sqrt(np.mean(clean**2))) + 1e-8
     noisy = clean + rng.normal(0.0, cfg.audio_noise * speech_rms, n_samples)
     audio = (noisy * (rng.uniform(0.35, 0.8) / (np.abs(noisy).max() + 1e-8))).astype(np.float32)
-    frames = render_frames(face, opening, scene_rng, rng, cfg.frame_size, cfg.fps, cfg.video_noise)
+    frames, _ = render_talking_face(face, opening, scene_rng, rng, cfg.frame_size, cfg.fps, cfg.video_noise)
     return audio, frames
-
-
-def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int) -> None:
-    """Encode H.264 (yuv420p, crf 23) + AAC mono to a temporary name, then move it into place."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with av.open(str(temporary), "w", format="mp4") as container:
-            video = container.add_stream("libx264", rate=fps)
-            video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            # crf 23 keeps the faces sharp; lower values spend 4x the bytes on encoding the pixel noise.
-            video.options = {"crf": "23", "preset": "veryfast"}
-            sound = container.add_stream("aac", rate=sample_rate, layout="mono")
-            sound.bit_rate = 48000
-            # One audio frame: the encoder re-blocks it into 1024-sample AAC frames, the muxer interleaves.
-            container.mux(sound.encode(_audio_frame(audio, sample_rate)))
-            container.mux(sound.encode(None))
-            for index, image in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                frame.pts, frame.time_base = index, Fraction(1, fps)
-                container.mux(video.encode(frame))
-            container.mux(video.encode(None))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _audio_frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
-    """A mono float-planar PyAV frame starting at time 0."""
-    planar = np.ascontiguousarray(samples[None, :], dtype=np.float32)  # (channels, n)
-    frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="mono")
-    frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
-    return frame
-
-
-def _write_text(path: Path, lines: list[str]) -> None:
-    """Write lines atomically (temporary file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-    temporary.write_text("".join(line + "\n" for line in lines))
-    os.replace(temporary, path)
 
 
 def _split_lines(rng: np.random.Generator, utterances: list[_Utterance], per_speaker: int) -> list[str]:
@@ -166,30 +132,7 @@ def _split_lines(rng: np.random.Generator, utterances: list[_Utterance], per_spe
     return lines
 
 
-def _trial_lines(rng: np.random.Generator, utterances: list[_Utterance], n_trials: int) -> list[str]:
-    """veri_test.txt lines: half same-speaker, half different-speaker pairs, no pair twice, none with itself."""
-    keys = [utterance.key for utterance in utterances]
-    speakers = np.array([utterance.speaker for utterance in utterances])
-    n_positive = n_trials // 2
-    chosen: set[tuple[int, int]] = set()
-    lines = []
-    while len(lines) < n_trials:
-        positive = len(lines) < n_positive
-        enrol = int(rng.integers(len(keys)))
-        same = speakers == speakers[enrol]
-        candidates = np.flatnonzero(same if positive else ~same)
-        candidates = candidates[candidates != enrol]
-        test = int(rng.choice(candidates))
-        pair = (min(enrol, test), max(enrol, test))
-        if pair in chosen:  # config validation guarantees enough distinct pairs exist
-            continue
-        chosen.add(pair)
-        lines.append(f"{int(positive)} {keys[enrol]}.wav {keys[test]}.wav")
-    order = rng.permutation(len(lines))
-    return [lines[i] for i in order]
-
-
 def _speakers_json(cfg: SynthConfig, speakers: list[_Speaker]) -> str:
-    """Ground truth for documentation: the config and every speaker's face and voice parameters."""
+    """Ground truth for documentation: the generator, the config and every speaker's face and voice parameters."""
     truth = {speaker.id: {key: value for key, value in asdict(speaker).items() if key != "id"} for speaker in speakers}
     return json.dumps({"generator_version": GENERATOR_VERSION, "config": asdict(cfg), "speakers": truth}, indent=2)

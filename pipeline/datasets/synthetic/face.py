@@ -172,19 +172,6 @@ class _Painter:
         return self.cos * dx + self.sin * dy, self.cos * dy - self.sin * dx
 
 
-def render_frames(
-    face: Face,
-    opening: np.ndarray,
-    scene_rng: np.random.Generator,
-    rng: np.random.Generator,
-    size: int,
-    fps: int,
-    noise: float,
-) -> np.ndarray:
-    """Frames (T, size, size, 3) uint8 of a talking face in a per-video scene with per-utterance nuisance."""
-    return render_talking_face(face, opening, scene_rng, rng, size, fps, noise)[0]
-
-
 def render_talking_face(
     face: Face,
     opening: np.ndarray,
@@ -193,22 +180,37 @@ def render_talking_face(
     size: int,
     fps: int,
     noise: float,
+    arousal: np.ndarray | None = None,
+    pose_jitter: float = 1.0,
+    degrade: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`render_frames`' frames and the face's box in each, (T, 4) x0 y0 x1 y1 pixels: the skin ellipse's bounds
-    (forehead to chin, cheek to cheek, without hair or neck), the ground truth for a face detector."""
+    """Frames (T, size, size, 3) uint8 of a talking face in a per-video scene with per-utterance nuisance, and the
+    face's box in each, (T, 4) x0 y0 x1 y1 pixels: the skin ellipse's bounds (forehead to chin, cheek to cheek,
+    without hair or neck), the ground truth for a face detector.
+
+    Version 2: `arousal` (T,) in [0, 1] raises the brows and widens the eyes and the mouth; `pose_jitter` scales
+    every pose range; `degrade(image, boxes)` spoils the painted planar (3, T, S, S) frames before the pixel noise."""
     count = len(opening)
     # Planar (3, T, S, S): each blend then runs over contiguous per-channel blocks.
     image = np.empty((3, count, size, size), dtype=np.float32)
     image[:] = _background(scene_rng, rng, size)[:, None]
     shirt = scene_rng.uniform(0.05, 0.95, 3)
-    painter = _posed_painter(image, scene_rng, rng, fps)
-    _draw_head(painter, face, opening.astype(np.float32), shirt, _blinks(rng, count, fps))
+    painter = _posed_painter(image, scene_rng, rng, fps, pose_jitter)
+    opening, blinks, brow_shift = opening.astype(np.float32), _blinks(rng, count, fps), 0.0
+    if arousal is not None:
+        level = arousal.astype(np.float32)
+        opening, blinks = opening * (0.6 + 0.8 * level), blinks * (0.75 + 0.5 * level)
+        brow_shift = (0.06 * (level - 0.5))[:, None, None]  # (T, 1, 1) head units
+    _draw_head(painter, face, opening, shirt, blinks, brow_shift)
     image *= np.float32(255 * rng.uniform(0.8, 1.15))
+    boxes = _face_boxes(painter, face)
+    if degrade is not None:
+        degrade(image, boxes)
     if noise > 0:
         image += _GAUSSIAN_BYTES[rng.integers(0, 256, image.shape, dtype=np.uint8)] * np.float32(255 * noise)
     image += np.float32(0.5)  # so that the truncating cast below rounds
     np.clip(image, 0.0, 255.0, out=image)
-    return image.transpose(1, 2, 3, 0).astype(np.uint8), _face_boxes(painter, face)
+    return image.transpose(1, 2, 3, 0).astype(np.uint8), boxes
 
 
 def _face_boxes(painter: _Painter, face: Face) -> np.ndarray:
@@ -230,16 +232,21 @@ def _background(scene_rng: np.random.Generator, rng: np.random.Generator, size: 
     return (colour[:, None, None] + strength * ramp[None]).astype(np.float32)
 
 
-def _posed_painter(image: np.ndarray, scene_rng: np.random.Generator, rng: np.random.Generator, fps: int) -> _Painter:
-    """Head pose per frame: per-video placement, per-utterance offset, scale and roll, slow drift, shake."""
+def _posed_painter(
+    image: np.ndarray, scene_rng: np.random.Generator, rng: np.random.Generator, fps: int, jitter: float = 1.0
+) -> _Painter:
+    """Head pose per frame: per-video placement, per-utterance offset, scale and roll, slow drift, shake; `jitter`
+    scales every range (1.0 reproduces version 1 exactly: x * 1.0 == x)."""
     count = image.shape[1]
     times = np.arange(count) / fps
-    base = scene_rng.uniform(-0.06, 0.06, 2) + rng.uniform(-0.03, 0.03, 2) + np.array([0.0, 0.05])
+    base = scene_rng.uniform(-0.06 * jitter, 0.06 * jitter, 2) + rng.uniform(-0.03 * jitter, 0.03 * jitter, 2)
+    base = base + np.array([0.0, 0.05])
     frequency, phase = rng.uniform(0.1, 0.4, (2, 1)), rng.uniform(0, 2 * np.pi, (2, 1))
-    drift = rng.uniform(0, 0.03, (2, 1)) * np.sin(2 * np.pi * frequency * times + phase)
-    centre = base[:, None] + drift + rng.normal(0, 0.004, (2, count))
-    roll = rng.uniform(-0.08, 0.08) + 0.03 * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * times)
-    return _Painter(image, centre[0], centre[1], roll, rng.uniform(0.92, 1.08))
+    drift = rng.uniform(0, 0.03 * jitter, (2, 1)) * np.sin(2 * np.pi * frequency * times + phase)
+    centre = base[:, None] + drift + rng.normal(0, 0.004 * jitter, (2, count))
+    offset = rng.uniform(-0.08 * jitter, 0.08 * jitter)  # drawn before the wobble's frequency, as version 1
+    roll = offset + 0.03 * jitter * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * times)
+    return _Painter(image, centre[0], centre[1], roll, rng.uniform(1.0 - 0.08 * jitter, 1.0 + 0.08 * jitter))
 
 
 def _blinks(rng: np.random.Generator, count: int, fps: int) -> np.ndarray:
@@ -250,7 +257,8 @@ def _blinks(rng: np.random.Generator, count: int, fps: int) -> np.ndarray:
     return openness
 
 
-def _draw_head(painter: _Painter, face: Face, opening: np.ndarray, shirt: np.ndarray, blinks: np.ndarray) -> None:
+def _draw_head(painter: _Painter, face: Face, opening: np.ndarray, shirt: np.ndarray, blinks: np.ndarray,
+               brow_shift: float | np.ndarray = 0.0) -> None:
     """Paint shoulders, neck, hair, face, fringe, beard, eyes, brows, glasses, nose and mouth, back to front."""
     width, height = face.face_width, face.face_height
     skin = np.array(face.skin)
@@ -265,7 +273,7 @@ def _draw_head(painter: _Painter, face: Face, opening: np.ndarray, shirt: np.nda
     if face.beard:
         beard = _Ellipse(0, height * 0.55, width * 0.8, height * 0.5)
         painter.fill(beard, face.hair, mask=_above(face.mouth_y - 0.06, 0.0, painter.edge, invert=True))
-    _draw_eyes(painter, face, blinks[:, None, None])
+    _draw_eyes(painter, face, blinks[:, None, None], brow_shift)
     nose = _Ellipse(0, face.eye_y + face.nose_length * 0.6 + 0.03, face.nose_width, face.nose_length)
     painter.fill(nose, skin * 0.8)
     _draw_mouth(painter, face, opening[:, None, None])
@@ -291,7 +299,7 @@ def _inside(shape: _Ellipse, edge: float, invert: bool = False) -> _Mask:
     return mask
 
 
-def _draw_eyes(painter: _Painter, face: Face, openness: np.ndarray) -> None:
+def _draw_eyes(painter: _Painter, face: Face, openness: np.ndarray, brow_shift: float | np.ndarray = 0.0) -> None:
     """Sclera, iris (inside the sclera), brows and, for some speakers, glasses."""
     brow_colour = np.array(face.hair) * 0.7
     for side in (-1, 1):
@@ -300,7 +308,7 @@ def _draw_eyes(painter: _Painter, face: Face, openness: np.ndarray) -> None:
         painter.fill(sclera, (0.93, 0.93, 0.9))
         iris = _Ellipse(x, y, face.eye_height * 0.95, face.eye_height * 0.95)
         painter.fill(iris, face.iris, mask=_inside(sclera, painter.edge))
-        brow_y = y - face.eye_height - face.brow_raise
+        brow_y = y - face.eye_height - face.brow_raise - brow_shift  # minus 0.0 leaves version 1 exact
         painter.fill(_Ellipse(x, brow_y, face.eye_width * 1.3, face.brow_thickness, side * face.brow_tilt), brow_colour)
         if face.glasses:
             lens = _Ellipse(x, y, face.eye_width * 1.35, face.eye_width * 1.0)

@@ -7,7 +7,7 @@ prosody are written here; the STFT and its overlap-add inverse are torch's.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -69,15 +69,33 @@ def channel_response(rng: np.random.Generator, spread_db: float) -> np.ndarray:
     return response
 
 
-def speech(voice: Voice, rng: np.random.Generator, n_samples: int, rate: int, channel_db: np.ndarray) -> np.ndarray:
-    """Clean source-filter speech: harmonic source through time-varying formants, plus consonant noise."""
+def speech(
+    voice: Voice,
+    rng: np.random.Generator,
+    n_samples: int,
+    rate: int,
+    channel_db: np.ndarray,
+    arousal: np.ndarray | None = None,
+    register_spread: float = 0.15,
+) -> np.ndarray:
+    """Clean source-filter speech: harmonic source through time-varying formants, plus consonant noise.
+
+    `arousal` (version 2): a track in [0, 1] spread evenly over the utterance that raises pitch, pitch accents,
+    loudness and brightness; `register_spread`: the per-utterance pitch register's relative range."""
     duration = n_samples / rate
     syllables = _syllables(voice, rng, duration)
     n_frames = n_samples // HOP + 1  # STFT frames with centre=True
     frame_times = np.arange(n_frames) * HOP / rate
     sample_times = np.arange(n_samples) / rate
+    level = None if arousal is None else _track_at(arousal, duration)
+    if level is not None:
+        syllables = _aroused_syllables(syllables, level)
 
-    f0 = _pitch_track(voice, rng, syllables, frame_times, duration)
+    f0 = _pitch_track(voice, rng, syllables, frame_times, duration, register_spread)
+    tilt = voice.tilt
+    if level is not None:
+        f0 = f0 * (1.0 + 0.3 * (level(frame_times) - 0.5))  # ±15 % with arousal
+        tilt = voice.tilt * (0.7 + 0.6 * level(frame_times))  # (F,): aroused speech is brighter
     vowel_env, consonant_env = _envelopes(syllables, sample_times)
     source = _harmonic_source(np.interp(sample_times, frame_times, f0), rate)
     voiced = vowel_env * (source + voice.breathiness * rng.standard_normal(n_samples))
@@ -86,7 +104,7 @@ def speech(voice: Voice, rng: np.random.Generator, n_samples: int, rate: int, ch
     frequencies = np.fft.rfftfreq(N_FFT, 1.0 / rate)
     formants = _formant_tracks(voice, rng, syllables, frame_times)  # (F, 3)
     vowel_gain = _formant_gain(frequencies, formants, np.array(voice.bandwidths))  # (n_freq, F)
-    vowel_gain *= 1.0 / (1.0 + frequencies[:, None] / voice.tilt)
+    vowel_gain *= 1.0 / (1.0 + frequencies[:, None] / tilt)
     consonant_gain = _frication_gain(rng, syllables, frame_times, frequencies)  # (n_freq, F)
     channel = 10.0 ** (channel_db / 20.0)
     voiced_spectrum, frication_spectrum = stft(np.stack([voiced, frication]))  # each (n_freq, F)
@@ -114,6 +132,30 @@ def mouth_opening(clean: np.ndarray, samples_per_frame: int) -> np.ndarray:
     return np.clip(rms / loud, 0.0, 1.0) ** 0.7
 
 
+def independent_opening(voice: Voice, rng: np.random.Generator, n_frames: int, fps: int) -> np.ndarray:
+    """Mouth opening per video frame from a syllable plan of its own at a speaking rate drawn from the population
+    (not the voice's): lips that share no timing, rate or loudness with the audio, for the null corpus."""
+    anyone = replace(voice, speaking_rate=rng.uniform(3.0, 5.5))
+    vowel, consonant = _envelopes(_syllables(anyone, rng, n_frames / fps), (np.arange(n_frames) + 0.5) / fps)
+    loud = np.percentile(vowel + consonant, 95) + 1e-8
+    return np.clip((vowel + consonant) / loud, 0.0, 1.0) ** 0.7
+
+
+def _track_at(track: np.ndarray, duration: float):
+    """A per-utterance track (spread evenly over `duration`) as a function of time in seconds."""
+    centres = (np.arange(len(track)) + 0.5) * duration / len(track)
+    return lambda times: np.interp(times, centres, track)
+
+
+def _aroused_syllables(syllables: np.ndarray, level) -> np.ndarray:
+    """Syllables louder and more accented with the arousal at their vowel's centre."""
+    aroused = syllables.copy()
+    at_vowel = level(syllables[:, 0] + syllables[:, 1] + syllables[:, 2] / 2)
+    aroused[:, 4] *= 0.55 + 0.9 * at_vowel  # loudness
+    aroused[:, 5] *= 0.5 + at_vowel  # pitch accent
+    return aroused
+
+
 def _syllables(voice: Voice, rng: np.random.Generator, duration: float) -> np.ndarray:
     """Rows (onset, consonant length, vowel length, vowel index, loudness, pitch accent) in seconds."""
     rows = []
@@ -136,10 +178,11 @@ def _syllables(voice: Voice, rng: np.random.Generator, duration: float) -> np.nd
 
 
 def _pitch_track(
-    voice: Voice, rng: np.random.Generator, syllables: np.ndarray, times: np.ndarray, duration: float
+    voice: Voice, rng: np.random.Generator, syllables: np.ndarray, times: np.ndarray, duration: float,
+    register_spread: float = 0.15,
 ) -> np.ndarray:
     """F0 per STFT frame: per-utterance register, declination, accents on syllables, slow jitter."""
-    register = voice.f0 * rng.uniform(0.85, 1.15)
+    register = voice.f0 * rng.uniform(1.0 - register_spread, 1.0 + register_spread)
     declination = 1.0 + rng.uniform(-0.2, 0.05) * (times / duration - 0.5)
     accents = np.zeros_like(times)
     for onset, consonant, vowel, _, _, accent in syllables:
