@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.datasets.synthetic.config import rounded
 from pipeline.datasets.synthetic.face import Face, sample_face
-from pipeline.datasets.synthetic.voice import Voice
+from pipeline.datasets.synthetic.voice import Voice, voice_with
 
 SHARED_FACTORS = ("size", "shape")
 _NEUTRAL_FORMANTS = np.array([500.0, 1500.0, 2500.0])
@@ -77,15 +77,7 @@ def latent_voice(rng: np.random.Generator, latent: Latent) -> Voice:
     size, shape = (_quantile(v) for v in latent.voice)
     tract = 0.92 + 0.16 * size  # longer tract: lower formants
     formants = _NEUTRAL_FORMANTS / tract * rng.uniform(0.98, 1.02, 3)
-    return Voice(
-        f0=rounded(_HIGH_F0 * (_LOW_F0 / _HIGH_F0) ** shape, 1),  # log-uniform over [90, 220] Hz
-        formants=tuple(rounded(f, 1) for f in formants),
-        bandwidths=tuple(rounded(rng.uniform(low, high), 1) for low, high in ((70, 95), (100, 130), (150, 190))),
-        speaking_rate=rounded(rng.uniform(3.0, 5.5), 2),
-        breathiness=rounded(rng.uniform(0.05, 0.12)),
-        tilt=rounded(rng.uniform(300, 450), 1),
-        jitter=rounded(rng.uniform(0.005, 0.02)),
-    )
+    return voice_with(rng, _HIGH_F0 * (_LOW_F0 / _HIGH_F0) ** shape, formants)  # f0 log-uniform over [90, 220] Hz
 
 
 def arousal_track(rng: np.random.Generator, n_frames: int, fps: int, emotion: str | None = None) -> np.ndarray:

@@ -49,8 +49,13 @@ def sample_voice(rng: np.random.Generator) -> Voice:
     """Draw one voice; ranges overlap across speakers so voices are harder to tell apart than faces."""
     tract = rng.uniform(0.93, 1.07)  # vocal tract length factor: every formant scales together
     formants = _NEUTRAL_FORMANTS / tract * rng.uniform(0.97, 1.03, 3)
+    return voice_with(rng, rng.uniform(90, 220), formants)
+
+
+def voice_with(rng: np.random.Generator, f0: float, formants: np.ndarray) -> Voice:
+    """A voice of this pitch and these formants, its source details drawn (in the order corpus v1 draws them)."""
     return Voice(
-        f0=rounded(rng.uniform(90, 220), 1),
+        f0=rounded(f0, 1),
         formants=tuple(rounded(f, 1) for f in formants),
         bandwidths=tuple(rounded(rng.uniform(low, high), 1) for low, high in ((70, 95), (100, 130), (150, 190))),
         speaking_rate=rounded(rng.uniform(3.0, 5.5), 2),
