@@ -39,7 +39,7 @@ def spectrogram_fields(n_freq: int) -> list[FieldSpec]:
 
 
 def face_fields(face_size: int, encoding: str = "raw") -> list[FieldSpec]:
-    """Stage 0's face crops, by encoding (FACE_FIELDS; `pipeline/face_store.py` writes and reads them)."""
+    """Stage 0's face crops, by encoding (FACE_FIELDS; `pipeline/media/face_store.py` writes and reads them)."""
     if encoding not in FACE_FIELDS:
         raise ValueError(f"face encoding {encoding!r} is not one of {sorted(FACE_FIELDS)}")
     return FACE_FIELDS[encoding](face_size)
@@ -115,10 +115,14 @@ class StoreSchema:
         """A new empty store of this schema (see `create_store`)."""
         return create_store(path, self.fields(), self.attrs(), backend=backend, overwrite=overwrite, part=part)
 
+    # what a store written before an attribute existed holds instead of it (a face store without `encoding` is raw)
+    legacy_attrs: ClassVar[dict[str, Any]] = {}
+
     def resume_problems(self, store: Reader) -> list[str]:
         """What stops a writer of this schema from extending `store`: each attribute recorded otherwise."""
-        return [f"was written with {name}={store.attrs.get(name)!r}, this run uses {value!r}"
-                for name, value in self.attrs().items() if store.attrs.get(name) != value]
+        recorded = {**self.legacy_attrs, **store.attrs}
+        return [f"was written with {name}={recorded.get(name)!r}, this run uses {value!r}"
+                for name, value in self.attrs().items() if recorded.get(name) != value]
 
     def open_or_create(self, path: Path, backend: str, overwrite: bool, hint: str) -> RaggedWriter:
         """A writer for `path`: new, or resuming a store an earlier run of this schema left incomplete."""
@@ -150,11 +154,15 @@ class SpectrogramStoreSpec(PreparedStoreSpec):
         return spectrogram_fields(self.spectrogram["n_fft"] // 2 + 1)
 
 
+LEGACY_FACE_ATTRS = {"encoding": "raw", "quality": None}  # what a face store without these attributes holds
+
+
 @dataclass(frozen=True)
 class FaceStoreSpec(PreparedStoreSpec):
     """Stage 0's face-crop frames; `crop` says how the faces were cut out."""
 
     kind: ClassVar[str] = "faces"
+    legacy_attrs: ClassVar[dict[str, Any]] = LEGACY_FACE_ATTRS
     face_size: int
     crop: str
     encoding: str = "raw"  # a key of FACE_FIELDS
@@ -171,14 +179,6 @@ class FaceStoreSpec(PreparedStoreSpec):
         """The fields of this encoding: ragged face_size × face_size RGB crops, as pixels or JPEG bytes."""
         return face_fields(self.face_size, self.encoding)
 
-    def resume_problems(self, store: Reader) -> list[str]:
-        """As for any schema, a store that records no encoding (written before encodings existed) being raw."""
-        recorded = {**LEGACY_FACE_ATTRS, **store.attrs}
-        return [f"was written with {name}={recorded.get(name)!r}, this run uses {value!r}"
-                for name, value in self.attrs().items() if recorded.get(name) != value]
-
-
-LEGACY_FACE_ATTRS = {"encoding": "raw", "quality": None}  # what a face store without these attributes holds
 
 
 def face_encoding(attrs: Mapping[str, Any]) -> str:

@@ -58,7 +58,7 @@ COMMANDS = {
         "Random-access training reads from each on-disk backend against the same stores in memory, random 5 s "
         "crops side by side (memory, memory-mapped .npy, h5py, .npy per utterance, avl), and bytes on disk per "
         "hour of video; prints one JSON object.")),
-    "bench-faces": Command("pipeline.bench_faces", "FaceBenchConfig", (
+    "bench-faces": Command("pipeline.bench.faces", "FaceBenchConfig", (
         "Face-crop storage per encoding: MB per hour of video and read+decode frames/s of raw uint8 and JPEG at "
         "64, 112 and 224 px (synthetic faces; real ones with --clips); prints one JSON object.")),
     "bench-gpu": Command("stages.bench_gpu", "BenchGpuConfig", "Run every CUDA path once (stages 1-3, nccl, bf16, "

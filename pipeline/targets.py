@@ -6,7 +6,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.training import autocast, autocast_dtype
 from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, VIDEO_FPS, n_segments, segment_means
+
+
+def teacher_outputs(teacher: torch.nn.Module, frames: torch.Tensor, batch_frames: int,
+                    device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 2's teacher pass: (T, D) embeddings and (T, C) class probabilities of (T, H, W, 3) frames, in batches of
+    `batch_frames`, under inference mode and the device's autocast (bf16 on CUDA), back on the host as float32."""
+    embeddings, probabilities = [], []
+    with torch.inference_mode(), autocast(autocast_dtype("auto", device), device):
+        for start in range(0, len(frames), batch_frames):
+            embedding, logits = teacher(frames[start : start + batch_frames].to(device, non_blocking=True))
+            embeddings.append(embedding.float().cpu())
+            probabilities.append(logits.float().softmax(dim=1).cpu())
+    return torch.cat(embeddings).numpy(), torch.cat(probabilities).numpy()
 
 
 def utterance_targets(embeddings: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:

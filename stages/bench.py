@@ -41,8 +41,8 @@ from tqdm import tqdm
 from cache.bench_crops import measure_crop_reads
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.bench_data import write_synthetic_run
-from pipeline.benchmark import (
+from pipeline.bench.data import write_synthetic_run
+from pipeline.bench.benchmark import (
     bytes_per_hour,
     measure_input_pipeline,
     measure_live_teacher,

@@ -3,7 +3,7 @@
 Stage 1 and 3 training steps under torchrun and DistributedDataParallel over nccl with bf16 autocast and
 channels-last, the same compiled, stage 2's teacher batches and the stage itself with the full ResNet34 teacher,
 batched GPU JPEG decoding of face crops (the codec, and the face store's reader decoding on the GPU), and stages 1
-and 3's loaders from the stores to the GPU (`pipeline/gpu_check.py` and `pipeline/gpu_check_local.py` have the
+and 3's loaders from the stores to the GPU (`pipeline/bench/gpu_check.py` and `pipeline/bench/gpu_check_local.py` have the
 checks). Everything it reads is made in-process: no corpus, no PyAV. Each check records ok or its error, its seconds
 and its throughput; any failure makes the command exit non-zero after the JSON is printed. `--timeout-seconds`
 (450 by default) bounds the run, so that it ends within 8 minutes on one GPU.
@@ -33,11 +33,12 @@ import torch
 
 from cache.backends import DISK_BACKENDS
 from pipeline import config as config_io
-from pipeline import gpu_check, runs
+from pipeline import runs
+from pipeline.bench import gpu_check
 from pipeline.errors import UserError
-from pipeline.face_store import FACE_ENCODINGS
-from pipeline.gpu_check import SIZES, WORKER_CHECKS, CheckContext, GpuCheckError, run_check
-from pipeline.gpu_check_local import LOCAL_CHECKS, face_run, full_teacher_checkpoint
+from pipeline.media.face_store import FACE_ENCODINGS
+from pipeline.bench.gpu_check import SIZES, WORKER_CHECKS, CheckContext, GpuCheckError, run_check
+from pipeline.bench.gpu_check_local import LOCAL_CHECKS, face_run, full_teacher_checkpoint
 from pipeline.training import PRECISIONS
 from stages import export_embeddings
 

@@ -36,11 +36,11 @@ from pipeline import config as config_io
 from pipeline.data import GroupFrames, teacher_groups
 from pipeline.datasets.base import SPLITS
 from pipeline.datasets.registry import DATASETS
-from pipeline.face_store import open_faces
+from pipeline.media.face_store import open_faces
 from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
 from pipeline.manifest import manifest_hash, read_manifest
 from pipeline.runs import STORE_SUFFIX, find_store
-from pipeline.targets import utterance_targets, window_targets
+from pipeline.targets import teacher_outputs, utterance_targets, window_targets
 from pipeline.training import autocast, autocast_dtype
 
 
@@ -208,13 +208,7 @@ def run(cfg: ExportConfig) -> Path:
         for keys, lengths, frames in loader:
             tick = time.perf_counter()
             reading_seconds += tick - last  # waiting for face frames from the store (the loader's workers)
-            embeddings, probabilities = [], []
-            with torch.inference_mode(), autocast(autocast_to, device):
-                for start in range(0, len(frames), cfg.batch_frames):
-                    embedding, logits = teacher(frames[start : start + cfg.batch_frames].to(device, non_blocking=True))
-                    embeddings.append(embedding.float().cpu())
-                    probabilities.append(logits.float().softmax(dim=1).cpu())
-            embeddings, probabilities = torch.cat(embeddings).numpy(), torch.cat(probabilities).numpy()
+            embeddings, probabilities = teacher_outputs(teacher, frames, cfg.batch_frames, device)
             teacher_seconds += time.perf_counter() - tick
             stops = np.cumsum(lengths)
             for key, stop, length in zip(keys, stops, lengths):

@@ -17,7 +17,7 @@ from pipeline import config as config_io
 from pipeline import runs
 from pipeline.data import GroupFrames, RandomFrames, RandomWindows
 from pipeline.datasets.synthetic.face import render_talking_face, sample_face
-from pipeline.face_store import FACE_ENCODINGS, JpegFaces, RawFaces, open_faces, shared_header
+from pipeline.media.face_store import FACE_ENCODINGS, JpegFaces, RawFaces, open_faces, shared_header
 from stages import export_embeddings, prepare, train_teacher
 
 SIZE = 32
@@ -221,7 +221,7 @@ def test_stage_datasets_read_either_encoding(tmp_path, encoding):
 
 
 def test_the_face_storage_benchmark_runs(tmp_path):
-    from pipeline.bench_faces import FaceBenchConfig, measure
+    from pipeline.bench.faces import FaceBenchConfig, measure
 
     cfg = config_io.build(FaceBenchConfig, {"sizes": [24, 16], "synthetic_seconds": 1, "reads": 2,
                                             "backends": ["zarr"]})

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline import config as config_io
-from pipeline import gpu_check
+from pipeline.bench import gpu_check
 from stages import bench_gpu
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -59,23 +59,22 @@ def test_a_compressed_field_is_recorded_as_format_2_recorded_it() -> None:
         FieldSpec("x", "float32", layout="packed")
 
 
-def _chunk_file(path: Path, backend: str) -> tuple[Path, int]:
-    """The file holding the first chunk of `rows` and that chunk's byte offset."""
+def finished_store_and_first_chunk(tmp_path: Path, backend: str) -> tuple[Path, Path, int]:
+    """A finished store of keys k0-k2, the file holding the first chunk of `rows` and that chunk's byte offset."""
+    path = tmp_path / f"s{SUFFIXES[backend]}"
+    write(path, backend, [5, 6, 7])
     with open_store(path) as reader:
         reader.read("k0", "rows")
-        return Path(reader._raw["rows"].chunks.locate(0)[0]), reader._raw["rows"].chunks.locate(0)[1]
+        file, offset = reader._raw["rows"].chunks.locate(0)
+    return path, Path(file), offset
 
 
 @pytest.mark.parametrize("backend", DISK_BACKENDS)
 def test_a_flipped_byte_in_a_raw_chunk_names_the_store_field_and_keys(tmp_path: Path, backend: str) -> None:
-    path = tmp_path / f"s{SUFFIXES[backend]}"
-    write(path, backend, [5, 6, 7])
-    file, offset = _chunk_file(path, backend)
-    with open(file, "r+b") as handle:
-        handle.seek(offset + 3)
-        byte = handle.read(1)
-        handle.seek(offset + 3)
-        handle.write(bytes([byte[0] ^ 0x10]))
+    path, file, offset = finished_store_and_first_chunk(tmp_path, backend)
+    data = bytearray(file.read_bytes())
+    data[offset + 3] ^= 0x10
+    file.write_bytes(bytes(data))
     reader = open_store(path)
     with pytest.raises(StoreError, match=r"field 'rows'.*key 'k0'.*(crc32c|fletcher32) checksum"):
         reader.read("k0", "rows")
@@ -84,9 +83,7 @@ def test_a_flipped_byte_in_a_raw_chunk_names_the_store_field_and_keys(tmp_path: 
 
 @pytest.mark.parametrize("backend", DISK_BACKENDS)
 def test_a_truncated_file_is_an_error_not_a_crash(tmp_path: Path, backend: str) -> None:
-    path = tmp_path / f"s{SUFFIXES[backend]}"
-    write(path, backend, [5, 6, 7])
-    file, offset = _chunk_file(path, backend)
+    path, file, offset = finished_store_and_first_chunk(tmp_path, backend)
     with open(file, "r+b") as handle:
         handle.truncate(offset + 10)
     with pytest.raises(StoreError, match=r"rows|truncated|index|checksum"):

@@ -1,10 +1,10 @@
 """The GPU check (`avl bench-gpu`): every CUDA path of the pipeline run once, timed, on data made in-process.
 
 This module holds what every check shares (sizes, context, timing, recording a failure) and the training checks,
-which run under torchrun (`python -m pipeline.gpu_check`, WORKER_CHECKS): stage 1's teacher and stage 3's student
+which run under torchrun (`python -m pipeline.bench.gpu_check`, WORKER_CHECKS): stage 1's teacher and stage 3's student
 steps through the stages' own pieces (`training.train_epoch`, `TeacherStep` / `StudentStep`, `speed_settings`:
 bf16 autocast and channels-last on CUDA), DistributedDataParallel over nccl (gloo on the CPU), one process per GPU;
-then the same compiled (`--compile`). `pipeline/gpu_check_local.py` has the checks that run in the calling process
+then the same compiled (`--compile`). `pipeline/bench/gpu_check_local.py` has the checks that run in the calling process
 (stage 2's teacher batches, GPU JPEG decoding, the loaders) and `stages/bench_gpu.py` runs them all. Each check
 records ok or its error, its seconds and its throughput; timed loops stop after `steps` or the budget. On the CPU
 the same checks run at tiny sizes: that is how the tests exercise the code paths.
@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline import distributed, runs
-from pipeline.bench_data import EMBED_DIM
+from pipeline.bench.data import EMBED_DIM
 from pipeline.distill import build_method
 from pipeline.distributed import SINGLE_PROCESS, Distributed
 from pipeline.errors import UserError
@@ -234,7 +234,7 @@ WORKER_CHECKS = {
 def worker_command(processes: int, settings: dict, checks: list[str], out: Path) -> list[str]:
     """torchrun running `checks` of WORKER_CHECKS in `processes` processes; rank 0 writes results to `out`."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            "-m", "pipeline.gpu_check", json.dumps({**settings, "checks": checks}), str(out)]
+            "-m", "pipeline.bench.gpu_check", json.dumps({**settings, "checks": checks}), str(out)]
 
 
 def _join(device: torch.device) -> Distributed:

@@ -20,17 +20,18 @@ import numpy as np
 import torch
 
 from pipeline import runs
-from pipeline.bench_data import EMBED_DIM, smooth_faces, synthetic_entries, write_face_run, write_synthetic_run
+from pipeline.bench.data import EMBED_DIM, smooth_faces, synthetic_entries, write_face_run, write_synthetic_run
 from pipeline.checkpoints import load_teacher, save_teacher
 from pipeline.data import Crops, RandomFrames, collate_frames
 from pipeline.distributed import SINGLE_PROCESS
-from pipeline.face_store import DEFAULT_JPEG_QUALITY, open_faces
+from pipeline.media.face_store import DEFAULT_JPEG_QUALITY, open_faces
 from pipeline.features import VIDEO_FPS
-from pipeline.gpu_check import CheckContext, pinned, sync, timed_loop
+from pipeline.bench.gpu_check import CheckContext, pinned, sync, timed_loop
 from pipeline.manifest import read_classes, read_splits
 from pipeline.models.spec import ModelSpec
 from pipeline.models.teachers import build_teacher
-from pipeline.training import TrainingConfig, autocast, autocast_dtype, build_loader
+from pipeline.targets import teacher_outputs
+from pipeline.training import TrainingConfig, autocast_dtype, build_loader
 
 
 def full_teacher_checkpoint(ctx: CheckContext) -> Path:
@@ -61,10 +62,8 @@ def stage2_forward(ctx: CheckContext) -> dict:
     frames = pinned(torch.from_numpy(smooth_faces(sizes.batch_frames, sizes.face_size, ctx.seed)), device)
     dtype = autocast_dtype("auto", device)  # stage 2's: bf16 on CUDA
 
-    def once() -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode(), autocast(dtype, device):
-            embedding, logits = loaded.model(frames.to(device, non_blocking=True))
-            return embedding.float().cpu(), logits.float().softmax(dim=1).cpu()  # what stage 2 keeps of a batch
+    def once() -> tuple[np.ndarray, np.ndarray]:
+        return teacher_outputs(loaded.model, frames, sizes.batch_frames, device)  # stage 2's own teacher pass
 
     result = {"batch_frames": sizes.batch_frames, "face_size": sizes.face_size,
               "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
