@@ -39,7 +39,7 @@ def spectrogram_fields(n_freq: int) -> list[FieldSpec]:
 
 
 def face_fields(face_size: int, encoding: str = "raw") -> list[FieldSpec]:
-    """Stage 0's face crops, by encoding (FACE_FIELDS; `pipeline/media/face_store.py` writes and reads them)."""
+    """Stage 0's face crops, by encoding (FACE_FIELDS; `pipeline/face_store.py` writes and reads them)."""
     if encoding not in FACE_FIELDS:
         raise ValueError(f"face encoding {encoding!r} is not one of {sorted(FACE_FIELDS)}")
     return FACE_FIELDS[encoding](face_size)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from cache.store import StoreError, open_store
-from pipeline.media.face_store import open_faces
+from pipeline.face_store import open_faces
 from pipeline.features import (
     SEGMENT_VIDEO_FRAMES,
     SPEC_FRAMES_PER_SECOND,
@@ -103,7 +103,7 @@ class Crops(torch.utils.data.Dataset):
 
 class RandomFrames(torch.utils.data.Dataset):
     """Item = k random face frames of one utterance (fresh draw every epoch) and its class; the face store is read
-    in whichever encoding it records (pipeline/media/face_store.py), decoding only the frames drawn."""
+    in whichever encoding it records (pipeline/face_store.py), decoding only the frames drawn."""
 
     def __init__(self, store_path: Path, keys: list[str], labels: list[int], frames_per_utterance: int):
         self.store_path, self.keys, self.labels, self.k = store_path, keys, labels, frames_per_utterance

@@ -63,7 +63,7 @@ def evaluate_teacher(model, store, keys: list[str], labels: list[int], device, b
                      job: Distributed = SINGLE_PROCESS) -> dict:
     """Accuracy (WA) and UA (unweighted average recall over the classes present) per frame and per utterance:
     the mean of frame logits over every frame of the utterance, or for a sequential teacher the aggregator over
-    all its frame embeddings (Eq. 5). `store`: the face frames (`pipeline.media.face_store.open_faces`)."""
+    all its frame embeddings (Eq. 5). `store`: the face frames (`pipeline.face_store.open_faces`)."""
     model.eval()
     # hits and totals per class and level, summed over ranks; every rank knows every label, so the same keys
     counts = {f"{level}_{what}/{label}": 0 for level in _LEVELS for what in ("hits", "total") for label in set(labels)}

@@ -36,7 +36,7 @@ from pipeline import config as config_io
 from pipeline import runs
 from pipeline.bench import gpu_check
 from pipeline.errors import UserError
-from pipeline.media.face_store import FACE_ENCODINGS
+from pipeline.face_store import FACE_ENCODINGS
 from pipeline.bench.gpu_check import SIZES, WORKER_CHECKS, CheckContext, GpuCheckError, run_check
 from pipeline.bench.gpu_check_local import LOCAL_CHECKS, face_run, full_teacher_checkpoint
 from pipeline.training import PRECISIONS

@@ -36,7 +36,7 @@ from pipeline import config as config_io
 from pipeline.data import GroupFrames, teacher_groups
 from pipeline.datasets.base import SPLITS
 from pipeline.datasets.registry import DATASETS
-from pipeline.media.face_store import open_faces
+from pipeline.face_store import open_faces
 from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
 from pipeline.manifest import manifest_hash, read_manifest
 from pipeline.runs import STORE_SUFFIX, find_store

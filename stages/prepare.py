@@ -18,7 +18,7 @@ from pipeline import distributed, prepare_parts, runs
 from pipeline.datasets.base import Utterance
 from pipeline.datasets.options import EmotionCorpusOptions
 from pipeline.datasets.registry import DATASETS, open_dataset
-from pipeline.media.face_store import DEFAULT_JPEG_QUALITY, FACE_ENCODINGS
+from pipeline.face_store import DEFAULT_JPEG_QUALITY, FACE_ENCODINGS
 from pipeline.features import (
     NORMALISATIONS,
     SPEC_FRAMES_PER_VIDEO_FRAME,

@@ -20,7 +20,7 @@ from pipeline import config as config_io
 from pipeline.data import RandomFrames, RandomWindows, collate_frames, collate_windows
 from pipeline.datasets.registry import dataset_crop_seconds
 from pipeline.evaluate import evaluate_teacher
-from pipeline.media.face_store import open_faces
+from pipeline.face_store import open_faces
 from pipeline.manifest import read_classes, read_splits
 from pipeline.models.spec import ModelSpec
 from pipeline.models.teachers import TEACHERS, build_teacher, load_initial_weights

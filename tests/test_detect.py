@@ -13,7 +13,7 @@ from media_files import write_mp4
 
 from pipeline import config as config_io
 from pipeline.datasets.synthetic.face import render_talking_face, sample_face
-from pipeline.media.face_store import open_faces
+from pipeline.face_store import open_faces
 from pipeline.manifest import read_manifest
 from pipeline.media import MediaError, decode_video
 from pipeline.media.detect import (

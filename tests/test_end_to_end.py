@@ -11,7 +11,7 @@ import pytest
 
 from cache.store import open_store
 from pipeline import runs
-from pipeline.media.face_store import open_faces
+from pipeline.face_store import open_faces
 from stages import demo
 
 pytestmark = pytest.mark.slow

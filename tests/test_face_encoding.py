@@ -17,7 +17,7 @@ from pipeline import config as config_io
 from pipeline import runs
 from pipeline.data import GroupFrames, RandomFrames, RandomWindows
 from pipeline.datasets.synthetic.face import render_talking_face, sample_face
-from pipeline.media.face_store import FACE_ENCODINGS, JpegFaces, RawFaces, open_faces, shared_header
+from pipeline.face_store import FACE_ENCODINGS, JpegFaces, RawFaces, open_faces, shared_header
 from stages import export_embeddings, prepare, train_teacher
 
 SIZE = 32

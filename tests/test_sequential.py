@@ -14,7 +14,7 @@ import torch
 from cache.store import StoreError, open_store
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.media.face_store import open_faces
+from pipeline.face_store import open_faces
 from pipeline.features import SEGMENT_VIDEO_FRAMES
 from pipeline.targets import window_frames
 

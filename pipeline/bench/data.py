@@ -12,7 +12,7 @@ import torch
 from cache.schema import FaceStoreSpec, TeacherCacheSpec, spectrogram_fields
 from cache.store import create_store
 from pipeline import runs
-from pipeline.media.face_store import DEFAULT_JPEG_QUALITY, FACE_ENCODINGS
+from pipeline.face_store import DEFAULT_JPEG_QUALITY, FACE_ENCODINGS
 from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
 from pipeline.manifest import Entry, manifest_hash, write_manifest
 

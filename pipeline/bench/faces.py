@@ -28,7 +28,7 @@ from cache.schema import FaceStoreSpec
 from cache.store import DISK_BACKENDS, SUFFIXES, array_stats, delete_store, open_store
 from pipeline.config import ConfigError
 from pipeline.datasets.synthetic.face import render_talking_face, sample_face
-from pipeline.media.face_store import DEFAULT_JPEG_QUALITY, FACE_ENCODINGS, open_faces
+from pipeline.face_store import DEFAULT_JPEG_QUALITY, FACE_ENCODINGS, open_faces
 from pipeline.media import centre_crop_resize, decode_video
 
 VIDEO_FPS, WINDOW_FRAMES, PICK_FRAMES = 25, 125, 8

@@ -24,7 +24,7 @@ from pipeline.bench.data import EMBED_DIM, smooth_faces, synthetic_entries, writ
 from pipeline.checkpoints import load_teacher, save_teacher
 from pipeline.data import Crops, RandomFrames, collate_frames
 from pipeline.distributed import SINGLE_PROCESS
-from pipeline.media.face_store import DEFAULT_JPEG_QUALITY, open_faces
+from pipeline.face_store import DEFAULT_JPEG_QUALITY, open_faces
 from pipeline.features import VIDEO_FPS
 from pipeline.bench.gpu_check import CheckContext, pinned, sync, timed_loop
 from pipeline.manifest import read_classes, read_splits

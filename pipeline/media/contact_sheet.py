@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.media.face_store import open_faces
+from pipeline.face_store import open_faces
 from pipeline.manifest import Entry
 
 
