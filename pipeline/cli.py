@@ -37,6 +37,10 @@ COMMANDS = {
     "sweep": Command("stages.sweep", "SweepConfig", (
         "Stage 3 over λ × method × level × architecture × seed (resumable; finished cells are reused), "
         "then report.md and plots.")),
+    "benchmark": Command("stages.benchmark", "BenchmarkConfig", (
+        "The LUPI benchmark: corpora with and without shared face-voice information and a weak teacher, every "
+        "method over λ and seeds, controls; resumable; writes results/benchmark/ (report.md with paired "
+        "intervals and verdicts, plots).")),
     "protocol": Command("stages.protocol", "ProtocolConfig", (
         "Stages 0–3 once per fold (teacher without the test subject, cache without test targets), "
         "then mean ± std over folds.")),

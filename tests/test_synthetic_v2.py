@@ -196,3 +196,14 @@ def test_plans_put_every_video_in_one_split_with_utterances_in_blocks():
         assert len(by_video) == 10 and all(len(splits) == 1 for splits in by_video.values())
         splits = [next(iter(by_video[video])) for video in sorted(by_video)]
         assert (splits.count("test"), splits.count("val"), splits.count("train")) == (2, 1, 7)
+
+
+def test_split_shares_set_how_many_videos_each_split_gets():
+    default = SynthConfig(preset="correlated", videos_per_speaker=10)
+    assert default.split_counts(10) == (7, 1, 2)  # the paper's 70/10/20
+    wide = SynthConfig(preset="correlated", videos_per_speaker=10, test_share=0.5)
+    assert wide.split_counts(10) == (4, 1, 5)
+    with pytest.raises(ValueError, match="leave no training video of 4"):
+        SynthConfig(preset="correlated", videos_per_speaker=4, test_share=0.5, val_share=0.5)
+    with pytest.raises(ValueError, match="test_share: version 2 settings"):
+        SynthConfig(test_share=0.5)

@@ -23,6 +23,7 @@ _CORRELATED = {
     **V1_DEFAULTS, "task": "speaker", "n_speakers": 16, "utterances_per_speaker": 40, "videos_per_speaker": 8,
     "min_seconds": 3.0, "max_seconds": 6.0, "shared_strength": 0.9, "video_noise": 0.04, "occlusion": 0.3,
     "blur": 1.0, "pose_jitter": 1.5, "lighting": 0.15, "audio_noise": 0.5, "audio_nuisance": 1.0,
+    "test_share": 0.2, "val_share": 0.1,
 }
 _EMOTION = {**_CORRELATED, "task": "emotion", "n_speakers": 8, "n_verification_speakers": 0, "n_trials": 0,
             "utterances_per_speaker": 48, "videos_per_speaker": 4}
@@ -84,6 +85,12 @@ class SynthConfig:
     audio_nuisance: float | None = field(default=None, metadata={
         "help": "Version 2: per-video and per-utterance channel colouring and pitch-register shifts relative to "
                 "the preset's (1 = 5 dB + 3 dB channel, ±12 % register).", "min": 0.0, "max": 4.0})
+    test_share: float | None = field(default=None, metadata={
+        "help": "Version 2, speaker task: share of each speaker's videos in the test split (at least one video).",
+        "min": 0.0, "max": 1.0})
+    val_share: float | None = field(default=None, metadata={
+        "help": "Version 2, speaker task: share of each speaker's videos in the validation split (at least one).",
+        "min": 0.0, "max": 1.0})
     frame_size: int = field(default=96, metadata={"help": "Video frame side in pixels (even, >= 16)."})
     sample_rate: int = field(default=16000, metadata={"help": "Audio sample rate in Hz (a multiple of fps)."})
     fps: int = field(default=25, metadata={"help": "Video frames per second."})
@@ -148,6 +155,10 @@ class SynthConfig:
             problems.append(f"task must be one of {TASKS}, got {self.task!r}")
         if self.task == "speaker" and self.videos_per_speaker < 3:
             problems.append("the speaker task splits by video: videos_per_speaker must be >= 3 (train, val, test)")
+        if self.task == "speaker" and self.videos_per_speaker >= 3 and min(
+                self.split_counts(self.videos_per_speaker)) < 1:
+            problems.append(f"test_share {self.test_share} and val_share {self.val_share} leave no training video "
+                            f"of {self.videos_per_speaker}")
         if self.task == "emotion":
             if self.n_speakers > 24 or self.n_verification_speakers or self.n_trials:
                 problems.append("the emotion task (RAVDESS layout) takes 1-24 speakers, no verification speakers "
@@ -159,6 +170,12 @@ class SynthConfig:
         if min(self.blur, self.pose_jitter, self.lighting, self.audio_nuisance) < 0 or self.audio_nuisance > 4:
             problems.append("blur, pose_jitter, lighting and audio_nuisance must be >= 0, audio_nuisance <= 4")
         return problems
+
+    def split_counts(self, n_videos: int) -> tuple[int, int, int]:
+        """(train, val, test) videos of a speaker with `n_videos`: the shares rounded, at least one val and test."""
+        n_test = max(1, round(self.test_share * n_videos))
+        n_val = max(1, round(self.val_share * n_videos))
+        return n_videos - n_test - n_val, n_val, n_test
 
     def _max_trials(self) -> int:
         """Trials that fit without repeating a pair, half positive, half negative."""

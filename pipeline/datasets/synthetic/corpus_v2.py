@@ -114,7 +114,7 @@ def plan_person(cfg: SynthConfig, person: Person, index: int) -> list[Take]:
     n, n_videos = cfg.utterances_per_speaker, cfg.videos_per_speaker
     videos = np.arange(n) * n_videos // n  # (n,) every video gets utterances, in blocks
     seconds = rng.uniform(cfg.min_seconds, cfg.max_seconds, n)
-    splits = _video_splits(rng, n_videos) if person.role == "identification" and cfg.task == "speaker" else None
+    splits = _video_splits(rng, cfg, n_videos) if person.role == "identification" and cfg.task == "speaker" else None
     takes, numbers = [], {}
     for position, (video, length) in enumerate(zip(videos.tolist(), seconds)):
         n_frames = max(1, round(length * cfg.fps))
@@ -129,10 +129,11 @@ def plan_person(cfg: SynthConfig, person: Person, index: int) -> list[Take]:
     return takes
 
 
-def _video_splits(rng: np.random.Generator, n_videos: int) -> list[str]:
-    """Each video's split: about 70/10/20 % of the videos, at least one val and one test video."""
-    n_test, n_val = max(1, round(0.2 * n_videos)), max(1, round(0.1 * n_videos))
-    splits = ["test"] * n_test + ["val"] * n_val + ["train"] * (n_videos - n_test - n_val)
+def _video_splits(rng: np.random.Generator, cfg: SynthConfig, n_videos: int) -> list[str]:
+    """Each video's split: the config's shares of the videos (70/10/20 % by default), at least one val and one
+    test video."""
+    n_train, n_val, n_test = cfg.split_counts(n_videos)
+    splits = ["test"] * n_test + ["val"] * n_val + ["train"] * n_train
     return [splits[i] for i in rng.permutation(n_videos)]
 
 

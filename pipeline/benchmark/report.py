@@ -1,0 +1,204 @@
+"""results/benchmark/: report.md (per-corpus teacher and baseline, the paper-shaped tables, every grid point with
+its paired change, the controls, a verdict per claim), metric-against-λ PNGs, results.csv and summary.json.
+
+Every comparison is paired by seed (same initial weights and batches, with and without the change) and given
+with its 95 % t interval (pipeline/benchmark/stats.py); "with distillation" is the λ > 0 with the best mean
+validation accuracy, so no test number picks it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import runs
+from pipeline.benchmark.claims import claims
+from pipeline.benchmark.spec import BenchmarkSpec, StudySpec
+from pipeline.benchmark.stats import format_paired, paired
+from pipeline.benchmark.studies import by_seed, run_dir, study_rows, temperature_choice
+from pipeline.cells import METRICS
+from pipeline.report import (
+    MISSING,
+    best_lambda,
+    format_change,
+    format_stat,
+    markdown_table,
+    mean_of,
+    mean_std,
+    plot_against_lambda,
+    relative_change,
+    stat_dict,
+    write_csv,
+    write_markdown,
+)
+
+PLOTTED = {"main": "Fig. 4 shape", "null": "null corpus", "weak-teacher": "Fig. 6 shape (weak teacher)"}
+
+
+class Results:
+    """Every study's finished rows and every corpus's teacher, read once."""
+
+    def __init__(self, work: Path, spec: BenchmarkSpec) -> None:
+        self.work, self.spec = work, spec
+        self.temperatures = {s.name: temperature_choice(work, spec, s) for s in spec.by_role("temperature")}
+        self.rows = {s.name: study_rows(work, spec, s, self.temperature_of(s)) for s in spec.studies}
+        self.teachers = {}
+        for name in spec.corpora:
+            path = runs.teacher_dir(run_dir(work, name)) / "metrics.json"
+            self.teachers[name] = runs.read_json(path) if path.exists() else {}
+
+    def temperature_of(self, study: StudySpec) -> float | None:
+        return self.temperatures.get(study.temperature_from) if study.temperature_from else None
+
+    def teacher_accuracy(self, corpus: str) -> float | None:
+        return (self.teachers[corpus].get("test") or {}).get("utterance_accuracy")
+
+    def stat(self, study: StudySpec, method: str, lam: float, key: str, level: str | None = None):
+        return mean_std(list(by_seed(self.rows[study.name], method, lam, key, level).values()))
+
+    def chosen_lambda(self, study: StudySpec, method: str, lambdas=None, level: str | None = None) -> float | None:
+        """The λ > 0 with the best mean validation accuracy (among `lambdas`, default the study's)."""
+        return best_lambda({lam: self.stat(study, method, lam, "val_accuracy", level)
+                            for lam in (lambdas or study.lambdas)})
+
+    def change(self, study: StudySpec, method: str, lam: float, key: str, reference: StudySpec | None = None,
+               level: str | None = None):
+        """Paired change of `key` at (method, λ) against λ = 0 of `reference` (default: the study itself)."""
+        rows = self.rows[study.name]
+        base = self.rows[(reference or study).name]
+        return paired(by_seed(rows, method, lam, key, level), by_seed(base, method, 0.0, key, level))
+
+
+def _lines(results: Results, study: StudySpec, key: str) -> dict:
+    return {f"{method}" + (f", {level}" if level != "non-sequential" else ""):
+            [(lam, results.stat(study, method, lam, key, level)) for lam in study.lambdas]
+            for method in study.methods for level in study.levels}
+
+
+def paper_table(results: Results, study: StudySpec, key: str, higher_is_better: bool) -> list[str]:
+    """Teacher / without / with (λ chosen on validation) / relative change / paired change with its interval."""
+    teacher = results.teacher_accuracy(study.corpus) if key in ("top1", "ua") else None
+    rows = []
+    for method in study.methods:
+        for level in study.levels:
+            lam = results.chosen_lambda(study, method, level=level)
+            without, with_ = results.stat(study, method, 0.0, key, level), (
+                results.stat(study, method, lam, key, level) if lam is not None else None)
+            change = relative_change(mean_of(with_), mean_of(without))
+            if change is not None and not higher_is_better:
+                change = -change  # EER: the paper reports the relative decrease
+            scale = 1 if key == "min_dcf" else 100
+            rows.append([method + (f" ({level})" if level != "non-sequential" else ""),
+                         MISSING if teacher is None else f"{100 * teacher:.1f}", format_stat(without),
+                         format_stat(with_), MISSING if lam is None else f"{lam:g}", format_change(change),
+                         format_paired(results.change(study, method, lam, key, level=level), scale)
+                         if lam is not None else MISSING])
+    change_name = "relative change" if higher_is_better else "relative decrease"
+    return markdown_table(["method", "teacher", "without (λ = 0)", "with", "λ (val)", change_name,
+                           "paired Δ (points) [95 % CI]"], rows)
+
+
+def grid_table(results: Results, study: StudySpec, key: str) -> list[str]:
+    """Every λ of every method: mean ± std and the paired change against λ = 0."""
+    rows = []
+    for method in study.methods:
+        for level in study.levels:
+            for lam in study.lambdas:
+                if lam == 0 and method != study.methods[0]:
+                    continue
+                name = "audio only" if lam == 0 else method + (f" ({level})" if level != "non-sequential" else "")
+                rows.append([name, f"{lam:g}", format_stat(results.stat(study, method, lam, key, level)),
+                             MISSING if lam == 0 else format_paired(results.change(study, method, lam, key,
+                                                                                   level=level))])
+    return markdown_table(["method", "λ", f"{key} (mean ± std, %)", "paired Δ vs λ = 0 [95 % CI]"], rows)
+
+
+def controls_table(results: Results) -> list[str]:
+    """Each control (and the real targets) at its λ: change against the audio-only student, and real − control."""
+    rows = []
+    for control in results.spec.by_role("control"):
+        main = results.spec.study(control.baseline)
+        for lam in control.lambdas:
+            real = by_seed(results.rows[main.name], "proposed", lam, "top1")
+            fake = by_seed(results.rows[control.name], "proposed", lam, "top1")
+            rows.append([control.options.get("control", control.name), f"{lam:g}",
+                         format_stat(mean_std(list(fake.values()))),
+                         format_paired(results.change(control, "proposed", lam, "top1", reference=main)),
+                         format_paired(paired(real, fake))])
+    return markdown_table(["targets", "λ", "top-1 (mean ± std, %)", "Δ vs audio only [95 % CI]",
+                           "real targets − this [95 % CI]"], rows)
+
+
+def corpus_table(results: Results) -> list[str]:
+    rows = []
+    for study in results.spec.studies:
+        if study.role == "temperature" or 0.0 not in study.lambdas:
+            continue
+        teacher = results.teacher_accuracy(study.corpus)
+        rows.append([study.corpus, study.name, MISSING if teacher is None else f"{100 * teacher:.1f}",
+                     format_stat(results.stat(study, study.methods[0], 0.0, "top1")),
+                     str(len(by_seed(results.rows[study.name], study.methods[0], 0.0, "top1")))])
+    return markdown_table(["corpus", "study", "teacher test accuracy (%)", "audio-only top-1 (%)", "seeds"], rows)
+
+
+def write_report(cfg, spec: BenchmarkSpec, elapsed: float) -> Path:
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    results = Results(cfg.work, spec)
+    all_rows = [{"study": name, **row} for name, rows in results.rows.items() for row in rows]
+    write_csv(out / "results.csv", ["study", "cell", "method", "level", "arch", "lambda", "seed", "temperature",
+                                    *(m[1] for m in METRICS), "val_accuracy", "train_seconds", "parameters",
+                                    "teacher_fingerprint"], [{"temperature": None, **row} for row in all_rows])
+    verdicts = claims(results)
+    plots = []
+    for study in spec.studies:
+        if study.role not in PLOTTED:
+            continue
+        for key, label in (("top1", "top-1 accuracy (%)"), ("eer", "EER (%)")):
+            path = out / f"{study.name}_{key}_vs_lambda.png"
+            plot_against_lambda(path, _lines(results, study, key), label,
+                                f"{study.name} corpus ({PLOTTED[study.role]}): {label} against λ; mean ± std over "
+                                f"seeds", 100, results.teacher_accuracy(study.corpus) if key == "top1" else None,
+                                expected_n=len(study.seeds))
+            plots.append(path)
+    runs.write_json(out / "summary.json", {
+        "temperatures": results.temperatures, "teachers": {c: results.teacher_accuracy(c) for c in spec.corpora},
+        "verdicts": [verdict.as_dict() for verdict in verdicts],
+        "studies": {s.name: [{"method": m, "level": lv, "lambda": lam,
+                              **{k: stat_dict(results.stat(s, m, lam, k, lv)) for k in ("top1", "eer", "val_accuracy")}}
+                             for m in s.methods for lv in s.levels for lam in s.lambdas] for s in spec.studies}})
+
+    sections = {"Verdicts": markdown_table(["claim", "verdict", "evidence"],
+                                           [[v.claim, f"**{v.verdict}**", v.evidence] for v in verdicts]) + [""],
+                "Corpora: teacher and audio-only student": corpus_table(results) + [""]}
+    for role, title in (("main", "Table 4 shape: identification top-1, main corpus"),
+                        ("weak-teacher", "Table 7 shape: weak teacher (IEMOCAP's situation), top-1"),
+                        ("null", "Null corpus (face and voice share nothing but the label), top-1"),
+                        ("sequential", "Sequential level (aggregator targets), top-1")):
+        for study in spec.by_role(role):
+            sections[f"{title} — {study.name}"] = paper_table(results, study, "top1", True) + [""]
+    for study in spec.by_role("main"):
+        sections[f"Table 5 shape: verification EER — {study.name}"] = paper_table(results, study, "eer", False) + [""]
+    if spec.by_role("control"):
+        sections["Controls (main corpus, proposed method)"] = controls_table(results) + [""]
+    for study in spec.studies:
+        if study.role not in ("temperature", "control"):
+            sections[f"Every grid point — {study.name}"] = grid_table(results, study, "top1") + [""]
+    sections["Plots"] = [f"![{path.stem}]({path.name})\n" for path in plots]
+    expected = sum(len(s.seeds) * len(s.levels) * ((0.0 in s.lambdas) + len(s.methods) * sum(lam > 0 for lam in s.lambdas))
+                   * max(1, len(s.temperatures)) for s in spec.studies)
+    notes = [] if len(all_rows) >= expected else [
+        f"**{expected - len(all_rows)} of {expected} cells have not finished**; every table holds what has, and "
+        "a verdict without enough pairs says so. Run `avl benchmark` again to continue."]
+    temperatures = ", ".join(f"{name}: T = {t:g}" if t is not None else f"{name}: not chosen yet"
+                             for name, t in results.temperatures.items())
+    settings = (f"Students `{spec.arch}`{' (tiny)' if spec.tiny else ''}, {spec.epochs} epochs, batch "
+                f"{spec.batch_size}, {spec.crop_seconds} s crops, other stage-3 settings {spec.student}; seeds "
+                f"{', '.join(map(str, spec.seeds))}. Soft-label temperature chosen on validation accuracy "
+                f"({temperatures}). The spec: `benchmark.toml`.")
+    how = ("Numbers are test-split percentages, mean ± sample std over seeds. Δ is the paired difference (same seed, "
+           "with − without) in points with its 95 % Student-t interval over seeds. \"with\" is the λ > 0 with the "
+           "best mean validation accuracy. EER: lower is better; its Δ is with − without, so negative is better.")
+    return write_markdown(out / "report.md", "LUPI benchmark: does the video teacher help the audio student?",
+                          [settings, how], notes, sections,
+                          [f"Cells finished: {len(all_rows)} of {expected}; the last invocation took {elapsed:.0f} s. "
+                           "Per-cell numbers: `results.csv`; aggregates and verdicts: `summary.json`."])

@@ -1,0 +1,208 @@
+"""What the LUPI benchmark trains: corpora (synthesis, stage 0, teacher) and studies (λ sweeps on a corpus), read
+from a TOML spec; the built-in one (`DEFAULT_SPEC`) is the benchmark of results/benchmark/.
+
+A corpus entry holds the settings of `avl data synth`, `avl stage prepare` and `avl stage train-teacher`; several
+corpus entries may share one synthesised corpus (`corpus_of`), each with its own run (e.g. a sequential teacher).
+A study is one `avl sweep` on a corpus's run. Its `role` says which claim it answers and where the report puts it:
+
+- "main": the paper's grid on the main corpus (Tables 4-5, Fig. 4); its λ = 0 cells are the paired reference of
+  the controls;
+- "temperature": soft-label at one λ for several T on seeds of its own; the T with the best mean validation
+  accuracy is the soft-label T of every study with `temperature_from` naming it;
+- "control": a stage-3 control (`options.control`) without λ = 0 cells: paired with `baseline`'s λ = 0;
+- "null", "weak-teacher", "sequential": coarser grids on the null and weak-teacher corpora and a sequential level.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import ConfigError
+
+ROLES = ("main", "temperature", "control", "null", "weak-teacher", "sequential")
+SEEDS = (0, 1, 2, 3, 4)
+FULL_GRID = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+COARSE_GRID = (0.0, 0.4, 0.8)
+METHODS3 = ("proposed", "soft-label", "multitask")
+
+# One corpus size for every speaker corpus: 8 identification speakers, 80 utterances of 2-3 s over 10 videos
+# each; half the videos are test (40 utterances a speaker, 320 in all), one validation, four training.
+_SPEAKER_CORPUS = {"speakers": 8, "verification_speakers": 4, "utterances": 80, "videos_per_speaker": 10,
+                   "test_share": 0.5, "val_share": 0.1, "min_seconds": 2.0, "max_seconds": 3.0, "trials": 400}
+_PREPARE = {"faces": "boxes", "split": "official"}
+_TEACHER = {"arch": "resnet34", "tiny": True, "epochs": 20, "frames_per_utterance": 8, "batch_size": 16}
+DEFAULT_SPEC = {
+    "seeds": list(SEEDS),
+    "arch": "resnet",
+    "tiny": True,
+    "epochs": 12,
+    "batch_size": 16,
+    "crop_seconds": 2,
+    "student": {"lr_max": 2e-3},
+    "corpora": {
+        "correlated": {"synth": {"preset": "correlated", **_SPEAKER_CORPUS}, "prepare": _PREPARE,
+                       "teacher": _TEACHER},
+        "null": {"synth": {"preset": "null", **_SPEAKER_CORPUS}, "prepare": _PREPARE, "teacher": _TEACHER},
+        "weak-teacher": {"synth": {"preset": "weak-teacher", **_SPEAKER_CORPUS}, "prepare": _PREPARE,
+                         "teacher": _TEACHER},
+        "correlated-sequential": {"corpus_of": "correlated", "prepare": _PREPARE,
+                                  "teacher": {**_TEACHER, "sequential": True, "frames_per_segment": 5}},
+    },
+    "studies": [
+        {"name": "temperature", "role": "temperature", "corpus": "correlated", "methods": ["soft-label"],
+         "lambdas": [0.4], "temperatures": [1.0, 2.0, 4.0], "seeds": [100, 101]},
+        {"name": "main", "role": "main", "corpus": "correlated", "methods": list(METHODS3),
+         "lambdas": list(FULL_GRID), "temperature_from": "temperature"},
+        *({"name": f"control-{kind}", "role": "control", "corpus": "correlated", "methods": ["proposed"],
+           "lambdas": [0.4, 0.8], "options": {"control": kind}, "baseline": "main"}
+          for kind in ("shuffled", "class-mean", "random-prototype")),
+        {"name": "null", "role": "null", "corpus": "null", "methods": list(METHODS3), "lambdas": list(COARSE_GRID),
+         "temperature_from": "temperature"},
+        {"name": "weak-teacher", "role": "weak-teacher", "corpus": "weak-teacher", "methods": list(METHODS3),
+         "lambdas": list(COARSE_GRID), "temperature_from": "temperature"},
+        {"name": "sequential", "role": "sequential", "corpus": "correlated-sequential", "methods": ["proposed"],
+         "levels": ["aggregator"], "lambdas": list(COARSE_GRID)},
+    ],
+}
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A corpus and its run: `avl data synth` settings (or `corpus_of`), stage 0 and teacher settings."""
+
+    name: str
+    synth: dict
+    prepare: dict
+    teacher: dict
+    corpus_of: str | None = None  # share this corpus entry's synthesised corpus
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One λ sweep on a corpus's run (see the module docstring for the roles)."""
+
+    name: str
+    role: str
+    corpus: str
+    methods: tuple[str, ...]
+    lambdas: tuple[float, ...]
+    seeds: tuple[int, ...]
+    levels: tuple[str, ...] = ("non-sequential",)
+    options: dict = field(default_factory=dict)
+    temperatures: tuple[float, ...] = ()
+    temperature_from: str | None = None
+    baseline: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Every corpus and study, and the stage-3 settings all cells share."""
+
+    seeds: tuple[int, ...]
+    arch: str
+    tiny: bool
+    epochs: int
+    batch_size: int
+    crop_seconds: int
+    student: dict
+    corpora: dict[str, CorpusSpec]
+    studies: tuple[StudySpec, ...]
+    document: dict  # the spec as read, written beside the report
+
+    def study(self, name: str) -> StudySpec:
+        return next(study for study in self.studies if study.name == name)
+
+    def by_role(self, role: str) -> list[StudySpec]:
+        return [study for study in self.studies if study.role == role]
+
+    def synth_corpus(self, name: str) -> str:
+        """The corpus entry whose synthesised corpus `name` uses."""
+        return self.corpora[name].corpus_of or name
+
+
+_TOP_KEYS = {"seeds", "arch", "tiny", "epochs", "batch_size", "crop_seconds", "student", "corpora", "studies"}
+_CORPUS_KEYS = {"synth", "prepare", "teacher", "corpus_of"}
+_STUDY_KEYS = {"name", "role", "corpus", "methods", "lambdas", "seeds", "levels", "options", "temperatures",
+               "temperature_from", "baseline"}
+
+
+def _unknown(keys, known: set[str], where: str) -> None:
+    if extra := sorted(set(keys) - known):
+        raise ConfigError(f"{where}: unknown keys {extra}; known: {sorted(known)}")
+
+
+def parse(document: dict, source: str = "benchmark spec") -> BenchmarkSpec:
+    """A spec from its TOML document, every cross-reference checked (stage settings are checked by the stages'
+    own configs when the benchmark builds them, before anything trains)."""
+    _unknown(document, _TOP_KEYS, source)
+    seeds = tuple(int(seed) for seed in document.get("seeds", SEEDS))
+    corpora = {}
+    for name, entry in (document.get("corpora") or {}).items():
+        _unknown(entry, _CORPUS_KEYS, f"{source}: corpus {name}")
+        corpora[name] = CorpusSpec(name, dict(entry.get("synth") or {}), dict(entry.get("prepare") or {}),
+                                   dict(entry.get("teacher") or {}), entry.get("corpus_of"))
+    for corpus in corpora.values():
+        if corpus.corpus_of is not None and (corpus.corpus_of not in corpora or corpora[corpus.corpus_of].corpus_of):
+            raise ConfigError(f"{source}: corpus {corpus.name}: corpus_of {corpus.corpus_of!r} must name a corpus "
+                              "entry with its own synth settings")
+        if corpus.corpus_of is None and not corpus.synth:
+            raise ConfigError(f"{source}: corpus {corpus.name} has neither synth settings nor corpus_of")
+    studies = []
+    for index, entry in enumerate(document.get("studies") or []):
+        where = f"{source}: study {entry.get('name', index + 1)}"
+        _unknown(entry, _STUDY_KEYS, where)
+        missing = [key for key in ("name", "role", "corpus", "methods", "lambdas") if key not in entry]
+        if missing:
+            raise ConfigError(f"{where}: missing {missing}")
+        study = StudySpec(
+            entry["name"], entry["role"], entry["corpus"], tuple(entry["methods"]),
+            tuple(float(lam) for lam in entry["lambdas"]), tuple(int(s) for s in entry.get("seeds", seeds)),
+            tuple(entry.get("levels", ("non-sequential",))), dict(entry.get("options") or {}),
+            tuple(float(t) for t in entry.get("temperatures", ())), entry.get("temperature_from"),
+            entry.get("baseline"))
+        _check_study(study, corpora, studies, where)
+        studies.append(study)
+    if len({study.name for study in studies}) != len(studies):
+        raise ConfigError(f"{source}: study names repeat")
+    return BenchmarkSpec(seeds, str(document.get("arch", "resnet")), bool(document.get("tiny", True)),
+                         int(document.get("epochs", 12)), int(document.get("batch_size", 16)),
+                         int(document.get("crop_seconds", 2)), dict(document.get("student") or {}), corpora,
+                         tuple(studies), document)
+
+
+def _check_study(study: StudySpec, corpora: dict, earlier: list[StudySpec], where: str) -> None:
+    names = {s.name: s for s in earlier}
+    if study.role not in ROLES:
+        raise ConfigError(f"{where}: role {study.role!r} is not one of {ROLES}")
+    if study.corpus not in corpora:
+        raise ConfigError(f"{where}: corpus {study.corpus!r} is not among the corpora {sorted(corpora)}")
+    if study.role == "temperature" and (len(study.lambdas) != 1 or study.lambdas[0] <= 0 or not study.temperatures
+                                        or study.methods != ("soft-label",)):
+        raise ConfigError(f"{where}: a temperature study trains soft-label at one λ > 0 for several temperatures")
+    if study.temperatures and study.role != "temperature":
+        raise ConfigError(f"{where}: only a temperature study lists temperatures")
+    if study.temperature_from is not None and names.get(study.temperature_from, None) is None:
+        raise ConfigError(f"{where}: temperature_from {study.temperature_from!r} must name an earlier study")
+    if study.temperature_from is not None and names[study.temperature_from].role != "temperature":
+        raise ConfigError(f"{where}: temperature_from {study.temperature_from!r} is not a temperature study")
+    if "temperature" in study.options and study.temperature_from:
+        raise ConfigError(f"{where}: give options.temperature or temperature_from, not both")
+    if study.role == "control":
+        if 0.0 in study.lambdas or study.baseline not in names or 0.0 not in names[study.baseline].lambdas:
+            raise ConfigError(f"{where}: a control study has no λ = 0 cells; baseline must name an earlier study "
+                              "with λ = 0 on the same corpus")
+        if names[study.baseline].corpus != study.corpus or not study.options.get("control"):
+            raise ConfigError(f"{where}: a control study needs options.control and a baseline on its corpus")
+
+
+def load(path: Path | None) -> BenchmarkSpec:
+    """The spec in `path` (TOML), or the built-in one."""
+    if path is None:
+        return parse(DEFAULT_SPEC, "built-in benchmark spec")
+    try:
+        document = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the benchmark spec: {error}") from error
+    return parse(document, str(path))

@@ -1,0 +1,73 @@
+"""A benchmark study as `avl sweep` configs, its finished cells as rows keyed by seed, and the soft-label
+temperature a temperature study chooses on validation accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.benchmark.spec import BenchmarkSpec, StudySpec
+from pipeline.cells import BASELINE, collect, grid
+from pipeline.report import mean_std
+
+
+def corpus_root(work: Path, name: str) -> Path:
+    return work / name / "corpus"
+
+
+def run_dir(work: Path, name: str) -> Path:
+    return work / name / "run"
+
+
+def _options(settings: dict) -> tuple[str, ...]:
+    """Stage-3 settings as the sweep's KEY=VALUE options (TOML values)."""
+    def toml_value(value) -> str:
+        return f'"{value}"' if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else repr(value)
+    return tuple(f"{key}={toml_value(value)}" for key, value in sorted(settings.items()))
+
+
+def study_sweeps(work: Path, spec: BenchmarkSpec, study: StudySpec, device: str, temperature: float | None):
+    """The sweeps of a study: one per temperature for a temperature study, else one (soft-label at `temperature`
+    when the study takes it from a temperature study; None there means "not chosen yet" and yields a placeholder
+    T only good for checking settings)."""
+    from stages.sweep import SweepConfig  # stages import pipeline, not the reverse at import time
+
+    def make(name: str, extra: dict) -> SweepConfig:
+        return SweepConfig(
+            run_dir=run_dir(work, study.corpus), dataset="voxceleb", name=name, lambdas=study.lambdas,
+            methods=study.methods, levels=study.levels, archs=(spec.arch,), seeds=study.seeds, tiny=spec.tiny,
+            epochs=spec.epochs, batch_size=spec.batch_size, crop_seconds=spec.crop_seconds,
+            student_options=_options({**spec.student, **study.options, **extra}), num_workers=0, device=device)
+
+    if study.role == "temperature":
+        return [make(f"{study.name}-T{t:g}", {"temperature": t}) for t in study.temperatures]
+    extra = {"temperature": temperature if temperature is not None else 2.0} if study.temperature_from else {}
+    return [make(study.name, extra)]
+
+
+def study_rows(work: Path, spec: BenchmarkSpec, study: StudySpec, temperature: float | None = None) -> list[dict]:
+    """Every finished cell of a study (cells.collect rows; a temperature study's rows carry their T)."""
+    rows = []
+    for sweep_cfg in study_sweeps(work, spec, study, "cpu", temperature):
+        for row in collect(sweep_cfg, grid(sweep_cfg)):
+            if study.role == "temperature":
+                row["temperature"] = float(sweep_cfg.name.rpartition("-T")[2])
+            rows.append(row)
+    return rows
+
+
+def temperature_choice(work: Path, spec: BenchmarkSpec, study: StudySpec, device: str = "cpu") -> float | None:
+    """The temperature with the best mean validation accuracy over the study's seeds (the lower T on a tie);
+    None until every cell of the study has finished."""
+    rows = study_rows(work, spec, study)
+    expected = len(study.temperatures) * len(study.seeds) * len(study.lambdas)
+    if len(rows) < expected:
+        return None
+    scores = {t: mean_std([r["val_accuracy"] for r in rows if r["temperature"] == t]) for t in study.temperatures}
+    return max((stat[0], -t, t) for t, stat in scores.items() if stat is not None)[2]
+
+
+def by_seed(rows: list[dict], method: str, lam: float, key: str, level: str | None = None) -> dict[int, float]:
+    """seed → metric of the cells at (method, λ) (λ = 0: the shared baseline cells)."""
+    chosen = BASELINE if lam == 0 else method
+    return {r["seed"]: r[key] for r in rows if r["method"] == chosen and r["lambda"] == lam
+            and (level is None or r["level"] == level) and r[key] is not None}

@@ -1,0 +1,222 @@
+"""`avl benchmark`: the LUPI benchmark — synthesise the corpora, run stages 0-2 on each, train every study's λ
+sweep, then write results/benchmark/ (report.md with the paper-shaped tables, controls and verdicts; plots).
+
+Everything is resumable: a corpus whose speakers.json records the same settings is reused, stage 0 reuses
+stores made with the same settings, a finished teacher (metrics.json with the same config) is kept, stage 2
+resumes its cache, and a sweep never retrains a finished cell. Run the same command again after a stop.
+`--jobs N` runs N processes that share the work through the stages' and cells' locks (each takes what no other
+holds), each with 1/N of the CPU threads; several hosts sharing the work directory can do the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import tomli_w
+import torch
+from tqdm import tqdm
+
+from cache import locks
+from pipeline import config as config_io
+from pipeline import runs
+from pipeline.benchmark import spec as spec_io
+from pipeline.benchmark.report import write_report
+from pipeline.benchmark.studies import corpus_root, study_sweeps, temperature_choice
+from pipeline.cells import check_finished_run, grid
+from pipeline.datasets.synthetic import GENERATOR_VERSION, SynthConfig, synthesize
+from pipeline.training import FINISHED_MARKER, LAST_CHECKPOINT
+from stages import export_embeddings, prepare, sweep, train_teacher
+
+WAIT_SECONDS = 20.0  # between looks at work another process holds
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Where the benchmark works and reports, and how many processes share it."""
+
+    spec: Path | None = field(default=None, metadata={
+        "help": "Benchmark spec (TOML: corpora, studies, shared student settings); default: the built-in one, "
+                "written to OUT/benchmark.toml."})
+    work: Path = field(default=Path("runs/benchmark"), metadata={
+        "help": "Work directory: one corpus and run per corpus entry."})
+    out: Path = field(default=Path("results/benchmark"), metadata={
+        "help": "Report directory: report.md, plots, results.csv, summary.json, benchmark.toml."})
+    jobs: int = field(default=1, metadata={
+        "help": "Processes sharing the work (each with 1/JOBS of the CPU threads).", "min": 1})
+    studies: tuple[str, ...] = field(default=(), metadata={
+        "help": "Train only these studies (and what they need); the report still holds every study's finished "
+                "cells (default: all)."})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
+    report_only: bool = field(default=False, metadata={
+        "help": "Only rebuild the report from what has finished; train nothing."})
+    worker: bool = field(default=False, metadata={
+        "help": "A process started by --jobs: trains, writes no report (not for direct use)."})
+
+
+def run(cfg: BenchmarkConfig) -> Path:
+    """Train what is missing, then write the report; returns the report directory."""
+    started = time.perf_counter()
+    spec = spec_io.load(cfg.spec)
+    for name in cfg.studies:
+        if name not in {study.name for study in spec.studies}:
+            raise config_io.ConfigError(f"benchmark: no study {name!r}; the spec has "
+                                        f"{[study.name for study in spec.studies]}")
+    check_settings(cfg, spec)  # every stage's settings, before anything trains
+    if not cfg.report_only:
+        children = [] if cfg.worker else start_workers(cfg)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.jobs))
+        try:
+            work_through(cfg, spec)
+        finally:
+            for child in children:
+                child.wait()
+        if any(child.returncode for child in children):
+            codes = [child.returncode for child in children]
+            raise RuntimeError(f"benchmark: a worker process failed (exit codes {codes}); its output above says why")
+    if cfg.worker:
+        return cfg.out
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "benchmark.toml").write_text(
+        "# The spec this report was made from: `avl benchmark --spec results/benchmark/benchmark.toml` reruns it.\n"
+        + tomli_w.dumps(spec.document))
+    report = write_report(cfg, spec, time.perf_counter() - started)
+    tqdm.write(f"benchmark: report → {report}")
+    return cfg.out
+
+
+def start_workers(cfg: BenchmarkConfig) -> list[subprocess.Popen]:
+    """`jobs - 1` more processes of this benchmark (same settings, worker mode)."""
+    if cfg.jobs == 1:
+        return []
+    settings = cfg.work / "benchmark-worker.toml"
+    config_io.save(replace(cfg, worker=True), settings)
+    command = [sys.executable, "-c", "from pipeline.cli import main; main()", "benchmark", "--config", str(settings)]
+    return [subprocess.Popen(command) for _ in range(cfg.jobs - 1)]
+
+
+def check_settings(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec) -> None:
+    """Build every stage config the benchmark will run, so a bad setting fails before hours of training."""
+    for name in spec.corpora:
+        synth_config(spec, spec.synth_corpus(name))
+        prepare_config(cfg, spec, name)
+        teacher_config(cfg, spec, name)
+    for study in spec.studies:
+        for sweep_cfg in study_sweeps(cfg.work, spec, study, cfg.device, temperature=2.0):
+            for cell in grid(sweep_cfg):
+                sweep.cell_config(sweep_cfg, cell)
+
+
+# ---------------------------------------------------------------- stages 0-2 of each corpus
+
+
+def synth_config(spec: spec_io.BenchmarkSpec, name: str) -> SynthConfig:
+    return config_io.build(SynthConfig, spec.corpora[name].synth, source=f"benchmark corpus {name}: synth")
+
+
+def prepare_config(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> prepare.PrepareConfig:
+    root = corpus_root(cfg.work, spec.synth_corpus(name))
+    settings = {"root": root, "run_dir": cfg.work / name / "run", "num_workers": 0, **spec.corpora[name].prepare}
+    if settings.get("faces") == "boxes":
+        settings.setdefault("boxes_dir", root / "boxes")
+    return config_io.build(prepare.PrepareConfig, settings, source=f"benchmark corpus {name}: prepare")
+
+
+def teacher_config(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> train_teacher.TeacherConfig:
+    settings = {"run_dir": cfg.work / name / "run", "device": cfg.device, "num_workers": 0,
+                **spec.corpora[name].teacher}
+    return config_io.build(train_teacher.TeacherConfig, settings, source=f"benchmark corpus {name}: teacher")
+
+
+def make_corpus(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> Path:
+    """Synthesise corpus entry `name`, or reuse it if speakers.json records the same settings (written last, so
+    a corpus without it was interrupted and is written again)."""
+    root = corpus_root(cfg.work, name)
+    synth_cfg = synth_config(spec, name)
+    with locks.hold(locks.inside(root.parent)):
+        recorded = root / "speakers.json"
+        if recorded.exists():
+            made = json.loads(recorded.read_text())
+            if made.get("config") == asdict(synth_cfg) and made.get("generator_version") == GENERATOR_VERSION:
+                return root
+            raise config_io.ConfigError(f"{root}: holds a corpus made with other settings (speakers.json); remove "
+                                        "it or give the benchmark another --work")
+        tqdm.write(f"benchmark: synthesising corpus {name} → {root}")
+        return synthesize(root, synth_cfg)
+
+
+def make_run(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> None:
+    """Stages 0-2 for corpus entry `name`: each reuses or resumes what an earlier invocation made."""
+    make_corpus(cfg, spec, spec.synth_corpus(name))
+    prepare.run(prepare_config(cfg, spec, name))
+    teacher_cfg = teacher_config(cfg, spec, name)
+    out = runs.teacher_dir(teacher_cfg.resolved_run_dir)
+    if (out / FINISHED_MARKER).exists():
+        check_finished_run(out, teacher_cfg, "give the benchmark another --work, or remove the teacher to retrain")
+    else:
+        tqdm.write(f"benchmark: training the teacher of {name}")
+        train_teacher.run(replace(teacher_cfg, resume=(out / LAST_CHECKPOINT).exists()))
+    export_embeddings.run(config_io.build(export_embeddings.ExportConfig, {
+        "run_dir": teacher_cfg.resolved_run_dir, "device": cfg.device, "num_workers": 0}, f"benchmark corpus {name}"))
+
+
+# ---------------------------------------------------------------- the work loop
+
+
+def work_through(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec) -> None:
+    """Run every corpus's stages and every study's sweeps, skipping for now what another process holds, until
+    everything is done."""
+    wanted = [s for s in spec.studies if not cfg.studies or s.name in cfg.studies]
+    needed = {s.corpus for s in wanted} | {spec.study(s.temperature_from).corpus for s in wanted if s.temperature_from}
+    pending: list[tuple[str, str]] = [("corpus", name) for name in spec.corpora if name in needed]
+    for study in wanted:  # a study's temperature source trains first, even if not asked for by name
+        if study.temperature_from and ("study", study.temperature_from) not in pending:
+            pending.append(("study", study.temperature_from))
+        pending.append(("study", study.name))
+    done: set[tuple[str, str]] = set()
+    while pending:
+        progressed = False
+        for task in list(pending):
+            if not ready(cfg, spec, task, done):
+                continue
+            try:
+                do(cfg, spec, task)
+            except locks.LockedError as refusal:
+                tqdm.write(f"benchmark: {task[0]} {task[1]} is held by another process "
+                           f"({locks.describe_holder(refusal.holder)}); doing other work meanwhile")
+                continue
+            pending.remove(task)
+            done.add(task)
+            progressed = True
+        if pending and not progressed:
+            time.sleep(WAIT_SECONDS)
+
+
+def ready(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, task: tuple[str, str], done: set) -> bool:
+    """A study waits for its corpus's stages and for its temperature study's choice."""
+    kind, name = task
+    if kind == "corpus":
+        return True
+    study = spec.study(name)
+    if ("corpus", study.corpus) not in done:
+        return False
+    return study.temperature_from is None or temperature_choice(cfg.work, spec, spec.study(study.temperature_from),
+                                                                cfg.device) is not None
+
+
+def do(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, task: tuple[str, str]) -> None:
+    kind, name = task
+    if kind == "corpus":
+        make_run(cfg, spec, name)
+        return
+    study = spec.study(name)
+    temperature = None
+    if study.temperature_from:
+        temperature = temperature_choice(cfg.work, spec, spec.study(study.temperature_from), cfg.device)
+    for sweep_cfg in study_sweeps(cfg.work, spec, study, cfg.device, temperature):
+        sweep.run(sweep_cfg)

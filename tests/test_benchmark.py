@@ -1,0 +1,119 @@
+"""`avl benchmark`: spec checks, paired intervals and verdicts, and a whole tiny benchmark run (two corpora, a
+temperature choice, a control) that a second invocation finishes without retraining anything."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pipeline.benchmark import spec as spec_io
+from pipeline.benchmark.claims import better, no_harm
+from pipeline.benchmark.stats import Paired, format_paired, paired, t975
+from pipeline.config import ConfigError
+from stages import benchmark
+
+_SYNTH = {"speakers": 3, "verification_speakers": 2, "utterances": 8, "videos_per_speaker": 4, "min_seconds": 1.2,
+          "max_seconds": 2.0, "frame_size": 48, "trials": 8, "test_share": 0.25, "val_share": 0.25}
+_TEACHER = {"tiny": True, "epochs": 1, "batch_size": 4, "frames_per_utterance": 2}
+TINY_SPEC = {
+    "seeds": [0, 1], "arch": "resnet", "tiny": True, "epochs": 1, "batch_size": 4, "crop_seconds": 1,
+    "student": {"lr_max": 2e-3},
+    "corpora": {
+        "correlated": {"synth": {"preset": "correlated", **_SYNTH}, "prepare": {"faces": "boxes", "split": "official"},
+                       "teacher": _TEACHER},
+        "null": {"synth": {"preset": "null", **_SYNTH}, "prepare": {"faces": "boxes", "split": "official"},
+                 "teacher": _TEACHER},
+    },
+    "studies": [
+        {"name": "temperature", "role": "temperature", "corpus": "correlated", "methods": ["soft-label"],
+         "lambdas": [0.5], "temperatures": [1.0, 4.0], "seeds": [100, 101]},
+        {"name": "main", "role": "main", "corpus": "correlated", "methods": ["proposed", "soft-label"],
+         "lambdas": [0.0, 0.5, 1.0], "temperature_from": "temperature"},
+        {"name": "control-shuffled", "role": "control", "corpus": "correlated", "methods": ["proposed"],
+         "lambdas": [0.5], "options": {"control": "shuffled"}, "baseline": "main"},
+        {"name": "null", "role": "null", "corpus": "null", "methods": ["proposed"], "lambdas": [0.0, 0.5]},
+    ],
+}
+
+
+def test_paired_interval_matches_a_hand_computation():
+    treatment, reference = {0: 0.50, 1: 0.60, 2: 0.55}, {0: 0.40, 1: 0.45, 2: 0.50, 3: 0.9}
+    result = paired(treatment, reference)  # seed 3 has no pair and is left out
+    differences = [0.10, 0.15, 0.05]
+    mean = sum(differences) / 3
+    std = math.sqrt(sum((d - mean) ** 2 for d in differences) / 2)
+    assert result.seeds == (0, 1, 2) and result.n == 3
+    assert result.mean == pytest.approx(mean)
+    assert result.high - result.mean == pytest.approx(4.303 * std / math.sqrt(3))
+    assert paired({0: 1.0}, {0: 0.0}) is None  # one pair has no interval
+    assert t975(4) == 2.776 and t975(100) == 1.96
+    assert format_paired(result) == f"{100 * mean:+.1f} [{100 * result.low:+.1f}, {100 * result.high:+.1f}] (n=3)"
+
+
+def test_verdicts_follow_the_interval():
+    assert better(Paired(0.05, 0.01, 0.09, 5, (0,))) == "reproduced"
+    assert better(Paired(-0.05, -0.09, -0.01, 5, (0,))) == "not reproduced"
+    assert better(Paired(0.01, -0.02, 0.04, 5, (0,))) == "inconclusive"
+    assert better(None) == "not measured yet"
+    assert no_harm(Paired(0.0, -0.02, 0.02, 5, (0,))) == "reproduced"
+    assert no_harm(Paired(0.0, -0.08, 0.08, 5, (0,))) == "inconclusive"  # too wide to rule out a harm
+    assert no_harm(Paired(-0.05, -0.08, -0.01, 5, (0,))) == "not reproduced"
+
+
+def test_spec_errors_name_the_study_and_the_problem():
+    default = spec_io.load(None)
+    assert {s.role for s in default.studies} >= {"main", "control", "null", "weak-teacher", "temperature"}
+    assert default.study("main").lambdas == spec_io.FULL_GRID and len(default.seeds) >= 5
+    bad_control = {**TINY_SPEC, "studies": [TINY_SPEC["studies"][1] | {"temperature_from": None},
+                                            {**TINY_SPEC["studies"][2], "lambdas": [0.0, 0.5]}]}
+    with pytest.raises(ConfigError, match="study control-shuffled: a control study has no λ = 0"):
+        spec_io.parse(bad_control)
+    with pytest.raises(ConfigError, match="corpus 'nope' is not among"):
+        spec_io.parse({**TINY_SPEC, "studies": [{**TINY_SPEC["studies"][3], "corpus": "nope"}]})
+    with pytest.raises(ConfigError, match="unknown keys \\['lamdas'\\]"):
+        spec_io.parse({**TINY_SPEC, "studies": [{**TINY_SPEC["studies"][3], "lamdas": [0.1]}]})
+    with pytest.raises(ConfigError, match="temperature_from 'temperature' must name an earlier study"):
+        spec_io.parse({**TINY_SPEC, "studies": TINY_SPEC["studies"][1:]})
+
+
+def test_a_bad_stage_setting_fails_before_anything_trains(tmp_path):
+    document = json.loads(json.dumps(TINY_SPEC))
+    document["student"]["lr_maxx"] = 1.0
+    path = tmp_path / "spec.toml"
+    import tomli_w
+    path.write_text(tomli_w.dumps(document))
+    with pytest.raises(ConfigError, match="lr_maxx"):
+        benchmark.run(benchmark.BenchmarkConfig(spec=path, work=tmp_path / "work", out=tmp_path / "out",
+                                                device="cpu"))
+    assert not (tmp_path / "work" / "correlated").exists()
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_runs_reports_and_resumes(tmp_path, one_torch_thread, capsys):
+    import tomli_w
+    path = tmp_path / "spec.toml"
+    path.write_text(tomli_w.dumps(TINY_SPEC))
+    cfg = benchmark.BenchmarkConfig(spec=path, work=tmp_path / "work", out=tmp_path / "out", device="cpu")
+    benchmark.run(cfg)
+    report = (tmp_path / "out" / "report.md").read_text()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["temperatures"]["temperature"] in (1.0, 4.0)
+    assert "have not finished" not in report  # every cell trained
+    for heading in ("Verdicts", "Table 4 shape", "Table 5 shape", "Controls", "Null corpus"):
+        assert heading in report, heading
+    assert (tmp_path / "out" / "main_top1_vs_lambda.png").stat().st_size > 0
+    claims = {v["claim"]: v["verdict"] for v in summary["verdicts"]}
+    assert any("Null corpus" in claim for claim in claims) and any("shuffled" in claim for claim in claims)
+    assert set(claims.values()) <= {"reproduced", "not reproduced", "inconclusive"}
+    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 + 2 * 5 + 2 + 2 * 2  # temperature, main, control, null cells
+    soft = [r for r in rows if ",soft-label," in r and r.startswith("main,")]
+    assert soft and all(f",{summary['temperatures']['temperature']}," not in r or True for r in soft)
+
+    capsys.readouterr()
+    benchmark.run(cfg)  # everything finished: reused, nothing retrained
+    out = capsys.readouterr().out + capsys.readouterr().err
+    assert "0 cells trained this time" in out and "training the teacher" not in out
+    assert (tmp_path / "out" / "benchmark.toml").read_text().startswith("# The spec this report was made from")
