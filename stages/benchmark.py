@@ -27,11 +27,11 @@ from pipeline import config as config_io
 from pipeline import runs
 from pipeline.benchmark import spec as spec_io
 from pipeline.benchmark.report import write_report
-from pipeline.benchmark.studies import corpus_root, study_sweeps, temperature_choice
+from pipeline.benchmark.studies import corpus_root, protocol_config, study_sweeps, temperature_choice
 from pipeline.cells import check_finished_run, grid
 from pipeline.datasets.synthetic import GENERATOR_VERSION, SynthConfig, synthesize
 from pipeline.training import FINISHED_MARKER, LAST_CHECKPOINT
-from stages import export_embeddings, prepare, sweep, train_teacher
+from stages import export_embeddings, prepare, protocol, sweep, train_teacher
 
 WAIT_SECONDS = 20.0  # between looks at work another process holds
 
@@ -102,11 +102,15 @@ def start_workers(cfg: BenchmarkConfig) -> list[subprocess.Popen]:
 
 def check_settings(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec) -> None:
     """Build every stage config the benchmark will run, so a bad setting fails before hours of training."""
-    for name in spec.corpora:
+    for name, corpus in spec.corpora.items():
         synth_config(spec, spec.synth_corpus(name))
-        prepare_config(cfg, spec, name)
-        teacher_config(cfg, spec, name)
+        if corpus.teacher:
+            prepare_config(cfg, spec, name)
+            teacher_config(cfg, spec, name)
     for study in spec.studies:
+        if study.role == "emotion":
+            protocol_config(cfg.work, spec, study, cfg.device)
+            continue
         for sweep_cfg in study_sweeps(cfg.work, spec, study, cfg.device, temperature=2.0):
             for cell in grid(sweep_cfg):
                 sweep.cell_config(sweep_cfg, cell)
@@ -151,8 +155,11 @@ def make_corpus(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) ->
 
 
 def make_run(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> None:
-    """Stages 0-2 for corpus entry `name`: each reuses or resumes what an earlier invocation made."""
+    """Stages 0-2 for corpus entry `name`: each reuses or resumes what an earlier invocation made (only the
+    corpus for an entry without a teacher: an emotion study's protocol runs its stages per fold)."""
     make_corpus(cfg, spec, spec.synth_corpus(name))
+    if not spec.corpora[name].teacher:
+        return
     prepare.run(prepare_config(cfg, spec, name))
     teacher_cfg = teacher_config(cfg, spec, name)
     out = runs.teacher_dir(teacher_cfg.resolved_run_dir)
@@ -215,6 +222,9 @@ def do(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, task: tuple[str, str])
         make_run(cfg, spec, name)
         return
     study = spec.study(name)
+    if study.role == "emotion":
+        protocol.run(protocol_config(cfg.work, spec, study, cfg.device))
+        return
     temperature = None
     if study.temperature_from:
         temperature = temperature_choice(cfg.work, spec, spec.study(study.temperature_from), cfg.device)

@@ -25,6 +25,8 @@ TINY_SPEC = {
                        "teacher": _TEACHER},
         "null": {"synth": {"preset": "null", **_SYNTH}, "prepare": {"faces": "boxes", "split": "official"},
                  "teacher": _TEACHER},
+        "emotion": {"synth": {"preset": "emotion", "speakers": 3, "utterances": 8, "videos_per_speaker": 2,
+                              "min_seconds": 1.2, "max_seconds": 2.0, "frame_size": 48}},
     },
     "studies": [
         {"name": "temperature", "role": "temperature", "corpus": "correlated", "methods": ["soft-label"],
@@ -34,6 +36,8 @@ TINY_SPEC = {
         {"name": "control-shuffled", "role": "control", "corpus": "correlated", "methods": ["proposed"],
          "lambdas": [0.5], "options": {"control": "shuffled"}, "baseline": "main"},
         {"name": "null", "role": "null", "corpus": "null", "methods": ["proposed"], "lambdas": [0.0, 0.5]},
+        {"name": "emotion", "role": "emotion", "corpus": "emotion", "methods": ["proposed"], "lambdas": [0.0, 0.5],
+         "protocol": {"folds": [1, 2], "teacher_epochs": 1, "prepare_options": ["faces='boxes'"]}},
     ],
 }
 
@@ -68,12 +72,14 @@ def test_spec_errors_name_the_study_and_the_problem():
     assert default.study("main").lambdas == spec_io.FULL_GRID and len(default.seeds) >= 5
     bad_control = {**TINY_SPEC, "studies": [TINY_SPEC["studies"][1] | {"temperature_from": None},
                                             {**TINY_SPEC["studies"][2], "lambdas": [0.0, 0.5]}]}
-    with pytest.raises(ConfigError, match="study control-shuffled: a control study has no λ = 0"):
+    with pytest.raises(ConfigError, match="study control-shuffled: a control study has options.control and no λ = 0"):
         spec_io.parse(bad_control)
     with pytest.raises(ConfigError, match="corpus 'nope' is not among"):
         spec_io.parse({**TINY_SPEC, "studies": [{**TINY_SPEC["studies"][3], "corpus": "nope"}]})
     with pytest.raises(ConfigError, match="unknown keys \\['lamdas'\\]"):
         spec_io.parse({**TINY_SPEC, "studies": [{**TINY_SPEC["studies"][3], "lamdas": [0.1]}]})
+    with pytest.raises(ConfigError, match="an emotion study runs `avl protocol`"):
+        spec_io.parse({**TINY_SPEC, "studies": [{**TINY_SPEC["studies"][3], "corpus": "emotion"}]})
     with pytest.raises(ConfigError, match="temperature_from 'temperature' must name an earlier study"):
         spec_io.parse({**TINY_SPEC, "studies": TINY_SPEC["studies"][1:]})
 
@@ -101,16 +107,17 @@ def test_tiny_benchmark_runs_reports_and_resumes(tmp_path, one_torch_thread, cap
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["temperatures"]["temperature"] in (1.0, 4.0)
     assert "have not finished" not in report  # every cell trained
-    for heading in ("Verdicts", "Table 4 shape", "Table 5 shape", "Controls", "Null corpus"):
+    for heading in ("Verdicts", "Table 4 shape", "Table 5 shape", "Table 6 shape", "Controls", "Null corpus"):
         assert heading in report, heading
     assert (tmp_path / "out" / "main_top1_vs_lambda.png").stat().st_size > 0
     claims = {v["claim"]: v["verdict"] for v in summary["verdicts"]}
     assert any("Null corpus" in claim for claim in claims) and any("shuffled" in claim for claim in claims)
     assert set(claims.values()) <= {"reproduced", "not reproduced", "inconclusive"}
     rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 + 2 * 5 + 2 + 2 * 2  # temperature, main, control, null cells
-    soft = [r for r in rows if ",soft-label," in r and r.startswith("main,")]
-    assert soft and all(f",{summary['temperatures']['temperature']}," not in r or True for r in soft)
+    assert len(rows) == 1 + 4 + 2 * 5 + 2 + 2 * 2 + 2 * 2  # temperature, main, control, null, emotion (2 folds)
+    assert sorted(r.split(",")[6] for r in rows if r.startswith("emotion,")) == ["1", "1", "2", "2"]  # fold = seed
+    assert any("Emotion" in claim for claim in claims)
+    assert (tmp_path / "out" / "emotion_ua_vs_lambda.png").exists()
 
     capsys.readouterr()
     benchmark.run(cfg)  # everything finished: reused, nothing retrained

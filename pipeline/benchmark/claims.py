@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.benchmark.stats import Paired, direction, format_paired, paired
-from pipeline.benchmark.studies import by_seed
 
 NO_HARM_MARGIN = 0.03  # 3 points of top-1: a harm this small is within what one seed's spread hides
 MODERATE = (0.2, 0.4, 0.6, 0.8)
@@ -41,7 +40,7 @@ def no_harm(difference: Paired | None) -> str:
 
 
 def _top1(results, study, method: str, lam: float) -> dict[int, float]:
-    return by_seed(results.rows[study.name], method, lam, "top1")
+    return results.values(study, method, lam, "top1")
 
 
 def claims(results) -> list[Verdict]:
@@ -53,11 +52,12 @@ def claims(results) -> list[Verdict]:
         main = spec.study(control.baseline)
         kind = control.options.get("control")
         for lam in control.lambdas:
-            real_minus = paired(_top1(results, main, "proposed", lam), _top1(results, control, "proposed", lam))
+            real_minus = paired(results.values(main, "proposed", lam, "top1"),
+                                results.values(control, "proposed", lam, "top1"))
             verdicts.append(Verdict(
                 f"Control `{kind}`, λ = {lam:g}: the real per-utterance teacher targets beat {kind} targets",
                 better(real_minus), f"real − {kind}: {format_paired(real_minus)}; {kind} vs audio only: "
-                f"{format_paired(results.change(control, 'proposed', lam, 'top1', reference=main))}"))
+                f"{format_paired(results.change(control, 'proposed', lam, 'top1'))}"))
     for null in spec.by_role("null"):
         lam = results.chosen_lambda(null, "proposed")
         gain = results.change(null, "proposed", lam, "top1") if lam is not None else None
@@ -69,6 +69,12 @@ def claims(results) -> list[Verdict]:
             f"Δ top-1 vs audio only: {format_paired(gain)} (an interval containing 0 or below it: no gain)"))
     for weak in spec.by_role("weak-teacher"):
         verdicts += _weak_claims(results, weak)
+    for emotion in spec.by_role("emotion"):
+        lam = results.chosen_lambda(emotion, emotion.methods[0])
+        gain = results.change(emotion, emotion.methods[0], lam, "ua") if lam is not None else None
+        verdicts.append(Verdict(f"Emotion ({emotion.name}, leave-one-speaker-out): distillation raises UA",
+                                better(gain), f"λ = {'—' if lam is None else f'{lam:g}'} (validation), paired over "
+                                f"folds: Δ UA {format_paired(gain)}"))
     for sequential in spec.by_role("sequential"):
         for level in sequential.levels:
             lam = results.chosen_lambda(sequential, "proposed", level=level)

@@ -14,7 +14,7 @@ from pipeline import runs
 from pipeline.benchmark.claims import claims
 from pipeline.benchmark.spec import BenchmarkSpec, StudySpec
 from pipeline.benchmark.stats import format_paired, paired
-from pipeline.benchmark.studies import by_seed, run_dir, study_rows, temperature_choice
+from pipeline.benchmark.studies import by_seed, protocol_teachers, run_dir, study_rows, temperature_choice
 from pipeline.cells import METRICS
 from pipeline.report import (
     MISSING,
@@ -31,7 +31,8 @@ from pipeline.report import (
     write_markdown,
 )
 
-PLOTTED = {"main": "Fig. 4 shape", "null": "null corpus", "weak-teacher": "Fig. 6 shape (weak teacher)"}
+PLOTTED = {"main": "Fig. 4 shape", "null": "null corpus", "weak-teacher": "Fig. 6 shape (weak teacher)",
+           "emotion": "Fig. 5 shape (emotion, leave-one-speaker-out)"}
 
 
 class Results:
@@ -45,6 +46,16 @@ class Results:
         for name in spec.corpora:
             path = runs.teacher_dir(run_dir(work, name)) / "metrics.json"
             self.teachers[name] = runs.read_json(path) if path.exists() else {}
+        for study in spec.by_role("emotion"):  # a teacher per fold: their mean UA (the paper's Table 6 column)
+            folds = protocol_teachers(work, spec, study)
+            values = [fold["ua"] if fold.get("ua") is not None else fold["accuracy"] for fold in folds]
+            if values:
+                self.teachers[study.corpus] = {"test": {"utterance_accuracy": sum(values) / len(values)},
+                                               "folds": len(values)}
+
+    def folds(self, study: StudySpec) -> list[int]:
+        """An emotion study's folds (its paired units), as far as its runs show them."""
+        return sorted({row["seed"] for row in self.rows[study.name]}) or [0]
 
     def temperature_of(self, study: StudySpec) -> float | None:
         return self.temperatures.get(study.temperature_from) if study.temperature_from else None
@@ -52,25 +63,34 @@ class Results:
     def teacher_accuracy(self, corpus: str) -> float | None:
         return (self.teachers[corpus].get("test") or {}).get("utterance_accuracy")
 
+    def values(self, study: StudySpec, method: str, lam: float, key: str, level: str | None = None) -> dict:
+        """seed → `key` at (method, λ); λ = 0 of a study with a baseline study is that study's audio-only student
+        (the same student: same corpus, stage 0 and seed, no teacher)."""
+        if lam == 0 and study.baseline:
+            return by_seed(self.rows[study.baseline], method, 0.0, key)
+        return by_seed(self.rows[study.name], method, lam, key, level)
+
     def stat(self, study: StudySpec, method: str, lam: float, key: str, level: str | None = None):
-        return mean_std(list(by_seed(self.rows[study.name], method, lam, key, level).values()))
+        return mean_std(list(self.values(study, method, lam, key, level).values()))
 
     def chosen_lambda(self, study: StudySpec, method: str, lambdas=None, level: str | None = None) -> float | None:
         """The λ > 0 with the best mean validation accuracy (among `lambdas`, default the study's)."""
         return best_lambda({lam: self.stat(study, method, lam, "val_accuracy", level)
                             for lam in (lambdas or study.lambdas)})
 
-    def change(self, study: StudySpec, method: str, lam: float, key: str, reference: StudySpec | None = None,
-               level: str | None = None):
-        """Paired change of `key` at (method, λ) against λ = 0 of `reference` (default: the study itself)."""
-        rows = self.rows[study.name]
-        base = self.rows[(reference or study).name]
-        return paired(by_seed(rows, method, lam, key, level), by_seed(base, method, 0.0, key, level))
+    def change(self, study: StudySpec, method: str, lam: float, key: str, level: str | None = None):
+        """Paired change of `key` at (method, λ) against the audio-only student of the same seeds."""
+        return paired(self.values(study, method, lam, key, level), self.values(study, method, 0.0, key, level))
+
+
+def shown_lambdas(study: StudySpec) -> tuple[float, ...]:
+    """The study's λ, with the λ = 0 its baseline study supplies."""
+    return ((0.0,) if study.baseline else ()) + study.lambdas
 
 
 def _lines(results: Results, study: StudySpec, key: str) -> dict:
     return {f"{method}" + (f", {level}" if level != "non-sequential" else ""):
-            [(lam, results.stat(study, method, lam, key, level)) for lam in study.lambdas]
+            [(lam, results.stat(study, method, lam, key, level)) for lam in shown_lambdas(study)]
             for method in study.methods for level in study.levels}
 
 
@@ -102,7 +122,7 @@ def grid_table(results: Results, study: StudySpec, key: str) -> list[str]:
     rows = []
     for method in study.methods:
         for level in study.levels:
-            for lam in study.lambdas:
+            for lam in shown_lambdas(study):
                 if lam == 0 and method != study.methods[0]:
                     continue
                 name = "audio only" if lam == 0 else method + (f" ({level})" if level != "non-sequential" else "")
@@ -118,11 +138,11 @@ def controls_table(results: Results) -> list[str]:
     for control in results.spec.by_role("control"):
         main = results.spec.study(control.baseline)
         for lam in control.lambdas:
-            real = by_seed(results.rows[main.name], "proposed", lam, "top1")
-            fake = by_seed(results.rows[control.name], "proposed", lam, "top1")
+            real = results.values(main, "proposed", lam, "top1")
+            fake = results.values(control, "proposed", lam, "top1")
             rows.append([control.options.get("control", control.name), f"{lam:g}",
                          format_stat(mean_std(list(fake.values()))),
-                         format_paired(results.change(control, "proposed", lam, "top1", reference=main)),
+                         format_paired(results.change(control, "proposed", lam, "top1")),
                          format_paired(paired(real, fake))])
     return markdown_table(["targets", "λ", "top-1 (mean ± std, %)", "Δ vs audio only [95 % CI]",
                            "real targets − this [95 % CI]"], rows)
@@ -132,11 +152,11 @@ def corpus_table(results: Results) -> list[str]:
     rows = []
     for study in results.spec.studies:
         if study.role == "temperature" or 0.0 not in study.lambdas:
-            continue
+            continue  # no audio-only student of its own
         teacher = results.teacher_accuracy(study.corpus)
         rows.append([study.corpus, study.name, MISSING if teacher is None else f"{100 * teacher:.1f}",
                      format_stat(results.stat(study, study.methods[0], 0.0, "top1")),
-                     str(len(by_seed(results.rows[study.name], study.methods[0], 0.0, "top1")))])
+                     str(len(results.values(study, study.methods[0], 0.0, "top1")))])
     return markdown_table(["corpus", "study", "teacher test accuracy (%)", "audio-only top-1 (%)", "seeds"], rows)
 
 
@@ -153,11 +173,13 @@ def write_report(cfg, spec: BenchmarkSpec, elapsed: float) -> Path:
     for study in spec.studies:
         if study.role not in PLOTTED:
             continue
-        for key, label in (("top1", "top-1 accuracy (%)"), ("eer", "EER (%)")):
+        keys = (("ua", "UA (%)"),) if study.role == "emotion" else (("top1", "top-1 accuracy (%)"), ("eer", "EER (%)"))
+        for key, label in keys:
             path = out / f"{study.name}_{key}_vs_lambda.png"
             plot_against_lambda(path, _lines(results, study, key), label,
                                 f"{study.name} corpus ({PLOTTED[study.role]}): {label} against λ; mean ± std over "
-                                f"seeds", 100, results.teacher_accuracy(study.corpus) if key == "top1" else None,
+                                f"{'folds' if study.role == 'emotion' else 'seeds'}", 100,
+                                results.teacher_accuracy(study.corpus) if key in ("top1", "ua") else None,
                                 expected_n=len(study.seeds))
             plots.append(path)
     runs.write_json(out / "summary.json", {
@@ -176,15 +198,19 @@ def write_report(cfg, spec: BenchmarkSpec, elapsed: float) -> Path:
                         ("sequential", "Sequential level (aggregator targets), top-1")):
         for study in spec.by_role(role):
             sections[f"{title} — {study.name}"] = paper_table(results, study, "top1", True) + [""]
+    for study in spec.by_role("emotion"):
+        sections[f"Table 6 shape: emotion UA, leave-one-speaker-out (paired over folds) — {study.name}"] = \
+            paper_table(results, study, "ua", True) + [""]
     for study in spec.by_role("main"):
         sections[f"Table 5 shape: verification EER — {study.name}"] = paper_table(results, study, "eer", False) + [""]
     if spec.by_role("control"):
         sections["Controls (main corpus, proposed method)"] = controls_table(results) + [""]
     for study in spec.studies:
         if study.role not in ("temperature", "control"):
-            sections[f"Every grid point — {study.name}"] = grid_table(results, study, "top1") + [""]
+            sections[f"Every grid point — {study.name}"] = grid_table(
+                results, study, "ua" if study.role == "emotion" else "top1") + [""]
     sections["Plots"] = [f"![{path.stem}]({path.name})\n" for path in plots]
-    expected = sum(len(s.seeds) * len(s.levels) * ((0.0 in s.lambdas) + len(s.methods) * sum(lam > 0 for lam in s.lambdas))
+    expected = sum(len(s.seeds if s.role != "emotion" else results.folds(s)) * len(s.levels) * ((0.0 in s.lambdas) + len(s.methods) * sum(lam > 0 for lam in s.lambdas))
                    * max(1, len(s.temperatures)) for s in spec.studies)
     notes = [] if len(all_rows) >= expected else [
         f"**{expected - len(all_rows)} of {expected} cells have not finished**; every table holds what has, and "

@@ -44,8 +44,47 @@ def study_sweeps(work: Path, spec: BenchmarkSpec, study: StudySpec, device: str,
     return [make(study.name, extra)]
 
 
+def protocol_config(work: Path, spec: BenchmarkSpec, study: StudySpec, device: str):
+    """An emotion study's `avl protocol` config: the benchmark's student settings, the study's λ and method, and
+    its `protocol` table (folds, teacher_epochs, stage options); --faces boxes crops around the true boxes."""
+    from pipeline import config as config_io
+    from stages.protocol import ProtocolConfig
+
+    root = corpus_root(work, study.corpus)
+    settings = dict(study.protocol)
+    prepare_options = tuple(settings.pop("prepare_options", ()))
+    if any(option.replace(" ", "").startswith("faces=") and "boxes" in option for option in prepare_options):
+        prepare_options += (f"boxes_dir='{root / 'boxes'}'",)
+    student_options = tuple(settings.pop("student_options", ())) + _options(spec.student)
+    return config_io.build(ProtocolConfig, {
+        "dataset": "ravdess", "root": root, "run_dir": work / study.corpus / "protocol", "lambdas": study.lambdas,
+        "method": study.methods[0], "arch": spec.arch, "tiny": spec.tiny, "epochs": spec.epochs,
+        "batch_size": spec.batch_size, "crop_seconds": spec.crop_seconds, "student_options": student_options,
+        "prepare_options": prepare_options, "num_workers": 0, "device": device, **settings},
+        source=f"benchmark study {study.name}: protocol")
+
+
+def _protocol_rows(work: Path, spec: BenchmarkSpec, study: StudySpec) -> tuple[list[dict], list[dict]]:
+    """An emotion study's finished students as rows whose seed is the fold, and each fold's teacher."""
+    from stages import protocol
+
+    cfg = protocol_config(work, spec, study, "cpu")
+    if not (work / study.corpus / "protocol").exists():
+        return [], []
+    records = protocol.collect(cfg, protocol.resolve_folds(cfg))
+    rows = [{**row, "seed": record["fold"]} for record in records for row in record["students"].values()]
+    return rows, [record["teacher"] for record in records if record["teacher"]]
+
+
+def protocol_teachers(work: Path, spec: BenchmarkSpec, study: StudySpec) -> list[dict]:
+    return _protocol_rows(work, spec, study)[1]
+
+
 def study_rows(work: Path, spec: BenchmarkSpec, study: StudySpec, temperature: float | None = None) -> list[dict]:
-    """Every finished cell of a study (cells.collect rows; a temperature study's rows carry their T)."""
+    """Every finished cell of a study (cells.collect rows; a temperature study's rows carry their T; an emotion
+    study's rows are its folds, each fold's number as the seed)."""
+    if study.role == "emotion":
+        return _protocol_rows(work, spec, study)[0]
     rows = []
     for sweep_cfg in study_sweeps(work, spec, study, "cpu", temperature):
         for row in collect(sweep_cfg, grid(sweep_cfg)):
