@@ -13,6 +13,7 @@ import numpy as np
 from cache.backends import part_paths
 from cache.base import DamagedChunkError, StoreError, not_complete_message
 from cache.integrity import scan_store
+from cache.layers import LAYER_KINDS, cached_layers, layer_field
 from cache.parts import PartedReader, is_parts_directory
 from cache.ragged import RaggedReader
 from cache.schema import TeacherCacheSpec, coverage_problems
@@ -77,6 +78,9 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
         "parts": [{"path": str(part.path), "part": list(part.part) if part.part else None, "keys": len(part),
                    "complete": part.complete} for part in parts] if isinstance(reader, PartedReader) else None,
         "fields": fields,
+        # a teacher cache's inner layers (export-embeddings --layers): module name, dimension, its fields
+        "layers": [{"layer": layer, "dim": dim, "fields": [layer_field(layer, kind) for kind in LAYER_KINDS]}
+                   for layer, dim in cached_layers(reader).items()],
         "attrs": reader.attrs,
         "bytes_on_disk": total_bytes,
         "files": n_files,
@@ -204,6 +208,11 @@ def format_info(info: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    if info.get("layers"):
+        lines += ["", "teacher layers (each: per frame, per segment, at the peak frame)"]
+        width = max(len(layer["layer"]) for layer in info["layers"])
+        lines += [f"  {layer['layer'].ljust(width)}  dim {layer['dim']:<5}  fields {', '.join(layer['fields'])}"
+                  for layer in info["layers"]]
     if info["uncommitted_rows"]:
         lines += ["", "rows past the committed state (an interrupted write; the next writer drops them):"]
         lines += [f"  {array}: {rows}" for array, rows in info["uncommitted_rows"].items()]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cache.layers import layer_field
 from cache.store import StoreError, open_store
 from pipeline.face_store import open_faces
 from pipeline.features import (
@@ -24,21 +25,22 @@ from pipeline.manifest import Entry
 from pipeline.targets import window_frames
 
 
-def _crop_peak(cache, key: str, crop: Crop, n_video_frames: int) -> np.ndarray:
+def _crop_peak(cache, key: str, crop: Crop, n_video_frames: int, frames: str = "frames") -> np.ndarray:
     first, last = crop.video_range
     frame_prob = cache.read(key, "frame_prob", first, last)
     peak = first + int(frame_prob.argmax())  # Eq. 4 restricted to the frames the crop covers
-    return cache.read(key, "frames", peak, peak + 1)[0]
+    return cache.read(key, frames, peak, peak + 1)[0]
 
 
-def _crop_segments(cache, key: str, crop: Crop, n_video_frames: int) -> np.ndarray:
+def _crop_segments(cache, key: str, crop: Crop, n_video_frames: int, frames: str = "frames",
+                   segments: str = "segments") -> np.ndarray:
     """The teacher's segment means of the crop's segments, (S, D) (Eq. 6)."""
     first, stop = crop.start_segment, crop.start_segment + crop.n_segments
     if stop * SEGMENT_VIDEO_FRAMES <= n_video_frames:
-        return cache.read(key, "segments", first, stop)
+        return cache.read(key, segments, first, stop)
     # a repeat-padded crop: the frames tiled as its spectrogram rows are (4 rows per frame), then averaged
-    frames = repeat_pad(cache.read(key, "frames").astype(np.float32), crop.n_segments * SEGMENT_VIDEO_FRAMES)
-    return segment_means(frames)
+    rows = repeat_pad(cache.read(key, frames).astype(np.float32), crop.n_segments * SEGMENT_VIDEO_FRAMES)
+    return segment_means(rows)
 
 
 def _window_row(field: str):
@@ -59,6 +61,28 @@ TARGET_READERS = {
 TARGET_FIELDS = {"crop-peak": "frame_prob", "utterance-peak": "peak", "segments": "segments",
                  "aggregator": "aggregator", "soft": "soft", "window-soft": "window_soft"}
 WINDOW_TARGETS = ("aggregator", "window-soft")  # written only by a sequential teacher, one row per window
+# A cached teacher layer (cache/layers.py) holds what the embedding does per frame, per segment and at the peak frame.
+LAYER_TARGET_FIELDS = {"crop-peak": "frames", "utterance-peak": "peak", "segments": "segments"}
+
+
+def read_target(cache, kind: str, layer: str | None, key: str, crop: Crop, n_video_frames: int) -> np.ndarray:
+    """The `kind` target of a crop (TARGET_READERS) from the last embedding, or from a cached teacher `layer`: the
+    same frame (the teacher's most confident in the crop), segments or utterance peak, in the layer's rows."""
+    if layer is None:
+        return TARGET_READERS[kind](cache, key, crop, n_video_frames)
+    if kind == "crop-peak":
+        return _crop_peak(cache, key, crop, n_video_frames, frames=layer_field(layer, "frames"))
+    if kind == "segments":
+        return _crop_segments(cache, key, crop, n_video_frames, layer_field(layer, "frames"),
+                              layer_field(layer, "segments"))
+    if kind == "utterance-peak":
+        return cache.read(key, layer_field(layer, "peak"))
+    raise ValueError(f"a teacher layer holds {sorted(LAYER_TARGET_FIELDS)} targets, not {kind!r}")
+
+
+def target_field(kind: str, layer: str | None = None) -> str:
+    """The cache field a `kind` target (of `layer`, or of the embedding) needs, to check a cache has it."""
+    return TARGET_FIELDS[kind] if layer is None else layer_field(layer, LAYER_TARGET_FIELDS[kind])
 
 
 class Crops(torch.utils.data.Dataset):
@@ -99,6 +123,34 @@ class Crops(torch.utils.data.Dataset):
                 crop = random_crop(entry.n_video_frames, self.crop_seconds)
             target = TARGET_READERS[self.target](self.cache, entry.key, crop, entry.n_video_frames)
         return torch.from_numpy(spectrogram), self.labels[index], torch.from_numpy(target.astype(np.float32))
+
+
+class MultiCrops(torch.utils.data.Dataset):
+    """Item = a random crop on the 1 s grid (repeat-padded), its class, and one cached target per source
+    (`--distil`): `sources` are (cache path or reader, target kind, teacher layer or None), all read for the one
+    crop. Each distinct cache is opened lazily, once per DataLoader worker."""
+
+    def __init__(self, entries: list[Entry], labels: list[int], spectrograms, sources: list[tuple], crop_seconds: int):
+        self.entries, self.labels, self.crop_seconds, self.sources = entries, labels, crop_seconds, sources
+        self.spectrogram_source, self.spectrograms, self.caches = spectrograms, None, None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int):
+        if self.spectrograms is None:
+            def opened(source):
+                return open_store(source) if isinstance(source, (str, Path)) else source
+            self.spectrograms = opened(self.spectrogram_source)
+            self.caches = {str(cache): opened(cache) for cache, _, _ in self.sources}
+        entry = self.entries[index]
+        crop = random_crop(entry.n_video_frames, self.crop_seconds)
+        spectrogram = self.spectrograms.read(entry.key, "spectrogram", *crop.spec_range)
+        spectrogram = repeat_pad(spectrogram, self.crop_seconds * SPEC_FRAMES_PER_SECOND).astype(np.float32)
+        targets = [read_target(self.caches[str(cache)], kind, layer, entry.key, crop, entry.n_video_frames)
+                   for cache, kind, layer in self.sources]
+        return (torch.from_numpy(spectrogram), self.labels[index],
+                *(torch.from_numpy(target.astype(np.float32)) for target in targets))
 
 
 class RandomFrames(torch.utils.data.Dataset):

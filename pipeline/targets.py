@@ -3,9 +3,13 @@ and the frames of a sequential teacher's window, which its training (stage 1) re
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
+from cache.layers import layer_field
+from pipeline.layers import captured
 from pipeline.training import autocast, autocast_dtype
 from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, VIDEO_FPS, n_segments, segment_means
 
@@ -14,20 +18,34 @@ def teacher_outputs(teacher: torch.nn.Module, frames: torch.Tensor, batch_frames
                     device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Stage 2's teacher pass: (T, D) embeddings and (T, C) class probabilities of (T, H, W, 3) frames, in batches of
     `batch_frames`, under inference mode and the device's autocast (bf16 on CUDA), back on the host as float32."""
+    embeddings, probabilities, _ = teacher_layer_outputs(teacher, frames, batch_frames, device, {})
+    return embeddings, probabilities
+
+
+def teacher_layer_outputs(teacher: torch.nn.Module, frames: torch.Tensor, batch_frames: int, device: torch.device,
+                          layers: Mapping[str, torch.nn.Module]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """`teacher_outputs` and, for each of `layers` (name → module of the teacher), its output averaged over its
+    spatial axes, (T, C_layer) float32 (`pipeline.layers.pooled`)."""
     embeddings, probabilities = [], []
-    with torch.inference_mode(), autocast(autocast_dtype("auto", device), device):
+    layer_rows: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    with torch.inference_mode(), autocast(autocast_dtype("auto", device), device), captured(dict(layers)) as outputs:
         for start in range(0, len(frames), batch_frames):
             embedding, logits = teacher(frames[start : start + batch_frames].to(device, non_blocking=True))
             embeddings.append(embedding.float().cpu())
             probabilities.append(logits.float().softmax(dim=1).cpu())
-    return torch.cat(embeddings).numpy(), torch.cat(probabilities).numpy()
+            for name in layers:
+                layer_rows[name].append(outputs[name].float().cpu())
+    return (torch.cat(embeddings).numpy(), torch.cat(probabilities).numpy(),
+            {name: torch.cat(rows).numpy() for name, rows in layer_rows.items()})
 
 
-def utterance_targets(embeddings: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
-    """Every cached quantity of one utterance from its per-frame teacher outputs (T, D) and (T, C)."""
+def utterance_targets(embeddings: np.ndarray, probabilities: np.ndarray,
+                      layers: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Every cached quantity of one utterance from its per-frame teacher outputs (T, D) and (T, C), and of each
+    teacher layer's per-frame rows (T, C_layer) the same per-frame, per-segment and peak-frame rows."""
     frame_prob = probabilities.max(axis=1)
     peak_frame = int(frame_prob.argmax())  # Eq. 4: the frame the teacher is most confident about
-    return {
+    targets = {
         "frames": embeddings,
         "frame_prob": frame_prob,
         "frame_pred": probabilities.argmax(axis=1).astype(np.int32),
@@ -35,6 +53,11 @@ def utterance_targets(embeddings: np.ndarray, probabilities: np.ndarray) -> dict
         "peak": embeddings[peak_frame],
         "soft": probabilities.mean(axis=0),
     }
+    for name, rows in (layers or {}).items():  # cache/layers.py: the embedding's rows, for an inner layer
+        targets[layer_field(name, "frames")] = rows
+        targets[layer_field(name, "segments")] = segment_means(rows)
+        targets[layer_field(name, "peak")] = rows[peak_frame]
+    return targets
 
 
 def window_segments(n_video_frames: int, window_seconds: int) -> list[tuple[int, int]]:

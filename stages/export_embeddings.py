@@ -14,6 +14,10 @@ embeddings) and one `window_soft` row for every training window: window = `windo
 at every segment 0 .. max(0, S_whole − window) (stride 1 segment, the starts a student crop can have);
 an utterance shorter than the window gets one window of its frames repeated to the window's length, as the
 student's crop of it is repeat-padded.
+
+`layers` adds named inner layers of the teacher's frame encoder (`trunk.*`) as fields of the same cache: each
+averaged over its spatial axes per frame, then per segment and at the peak frame as the embedding is
+(cache/layers.py). Without it the cache is the one the paper's method reads, field for field.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from tqdm import tqdm
 
 from cache import locks
 from cache.backends import DISK_BACKENDS
+from cache.layers import LayeredTeacherCacheSpec, colliding_layers
 from cache.parts import is_parts_directory, part_path
-from cache.schema import TeacherCacheSpec, raise_problems
+from cache.schema import raise_problems
 from cache.store import StoreError, open_for_append, open_store
 from pipeline import checkpoints, runs
 from pipeline import config as config_io
@@ -40,7 +45,8 @@ from pipeline.face_store import open_faces
 from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
 from pipeline.manifest import manifest_hash, read_manifest
 from pipeline.runs import STORE_SUFFIX, find_store
-from pipeline.targets import teacher_outputs, utterance_targets, window_targets
+from pipeline.layers import resolve_layers
+from pipeline.targets import teacher_layer_outputs, utterance_targets, window_targets
 from pipeline.training import autocast, autocast_dtype
 
 
@@ -79,6 +85,10 @@ class ExportConfig:
     splits: tuple[str, ...] = field(default=("train", "val"), metadata={
         "help": "Manifest splits to export: what the student may see (never test unless asked).",
         "choices": SPLITS})
+    layers: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "Also cache these inner layers of the teacher's frame encoder (module names, e.g. "
+                "trunk.stages.2,trunk.stages.3), each averaged over space per frame, per segment and at the peak "
+                "frame (default: the embedding only)."})
 
     def validate(self) -> None:
         if not self.splits or len(set(self.splits)) != len(self.splits) or not set(self.splits) <= set(SPLITS):
@@ -92,6 +102,12 @@ class ExportConfig:
             raise config_io.ConfigError("export-embeddings: window_seconds must be >= 1")
         if self.batch_frames < 1 or self.commit_seconds < 0:
             raise config_io.ConfigError("export-embeddings: batch_frames must be >= 1 and commit_seconds >= 0")
+        if self.layers is not None and (not self.layers or len(set(self.layers)) != len(self.layers)):
+            raise config_io.ConfigError(f"export-embeddings: layers must be distinct module names, got "
+                                        f"{list(self.layers)}")
+        if self.layers and (pairs := colliding_layers(list(self.layers))):
+            raise config_io.ConfigError(f"export-embeddings: layers {pairs[0][0]!r} and {pairs[0][1]!r} would share "
+                                        "cache fields ('.' and '_' read alike in field names); export one of them")
         if (self.part is None) != (self.num_parts is None):
             raise config_io.ConfigError("export-embeddings: set both part and num_parts, or neither")
         if self.num_parts is not None and not 0 <= self.part < self.num_parts:
@@ -122,7 +138,7 @@ class ExportConfig:
         return self.resolved_out if part is None else part_path(self.resolved_out, part[0], self.store)
 
 
-def _open_cache(cfg: ExportConfig, cache: TeacherCacheSpec):
+def _open_cache(cfg: ExportConfig, cache: LayeredTeacherCacheSpec):
     """A writer: new, or resumed if a previous export with the *same* teacher and settings stopped part-way."""
     path, part = cfg.resolved_store, cfg.resolved_part
     if part is not None and cfg.resolved_out.exists() and not cfg.resolved_out.is_dir():
@@ -138,6 +154,15 @@ def _open_cache(cfg: ExportConfig, cache: TeacherCacheSpec):
         return open_for_append(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return cache.create(path, backend=cfg.store, overwrite=cfg.overwrite, part=part)
+
+
+def _layer_dims(teacher, layers: dict, face_size: int, device) -> dict[str, int]:
+    """Each layer's dimension (name → channels), from one blank face through the teacher."""
+    if not layers:
+        return {}
+    blank = torch.zeros(1, face_size, face_size, 3, dtype=torch.uint8)
+    _, _, rows = teacher_layer_outputs(teacher, blank, 1, device, layers)
+    return {name: int(rows[name].shape[1]) for name in layers}
 
 
 # each rank writes its own part of a sharded cache, so each locks its own store
@@ -163,7 +188,8 @@ def run(cfg: ExportConfig) -> Path:
     faces = open_faces(face_store)  # raw or JPEG: GroupFrames decodes in the loader's workers
     faces.close()
     precision = "bfloat16-autocast" if device.type == "cuda" else "float32"
-    cache = TeacherCacheSpec(
+    layers = resolve_layers(teacher, cfg.layers or (), ("trunk",), f"export-embeddings --layers ({spec.arch} teacher)")
+    cache = LayeredTeacherCacheSpec(
         teacher_fingerprint=fingerprint,
         teacher_arch=spec.arch,
         teacher_tiny=spec.tiny,
@@ -183,6 +209,7 @@ def run(cfg: ExportConfig) -> Path:
         face_crop=faces.attrs.get("crop"),
         manifest_sha256=manifest_hash(prepared),
         splits=tuple(split for split in SPLITS if split in cfg.splits),
+        layers=_layer_dims(teacher, layers, faces.face_size, device) or None,
     )
     writer = _open_cache(cfg, cache)
     # saved once the cache is accepted, with the part resolved and without overwrite: the file is also
@@ -208,14 +235,17 @@ def run(cfg: ExportConfig) -> Path:
         for keys, lengths, frames in loader:
             tick = time.perf_counter()
             reading_seconds += tick - last  # waiting for face frames from the store (the loader's workers)
-            embeddings, probabilities = teacher_outputs(teacher, frames, cfg.batch_frames, device)
+            embeddings, probabilities, layer_rows = teacher_layer_outputs(teacher, frames, cfg.batch_frames, device,
+                                                                          layers)
             teacher_seconds += time.perf_counter() - tick
             stops = np.cumsum(lengths)
             for key, stop, length in zip(keys, stops, lengths):
                 if key in writer:  # committed before an interruption: computed again only to rebuild the batch
                     recomputed += 1
                     continue
-                targets = utterance_targets(embeddings[stop - length : stop], probabilities[stop - length : stop])
+                rows = slice(stop - length, stop)
+                targets = utterance_targets(embeddings[rows], probabilities[rows],
+                                            {name: layer_rows[name][rows] for name in layers})
                 if spec.sequential:
                     with torch.inference_mode(), autocast(autocast_to, device):
                         targets.update(window_targets(teacher, targets["frames"], window_seconds, device))
@@ -232,6 +262,7 @@ def run(cfg: ExportConfig) -> Path:
         "cache": str(out),
         "part": part and list(part),
         "teacher_fingerprint": fingerprint,
+        "layers": cache.layers,
         "utterances_exported": exported,
         "utterances_recomputed": recomputed,
         "utterances_total": n_keys,

@@ -1,7 +1,9 @@
 """Stage 3: train an audio student from spectrogram shards and cached teacher targets (no video, no teacher).
 
 `--method` (proposed, soft-label, multitask; pipeline/distill.py) and `--level` (non-sequential, encoder = EM,
-aggregator = AGG) pick the loss, its gradient routing and the cached target each crop needs.
+aggregator = AGG) pick the loss, its gradient routing and the cached target each crop needs. `--distil SPEC`
+(repeated) distils several targets instead: caches of several teachers or layers, each with its own λ_i, distance and
+learned projection (pipeline/multi_target.py); every cache is checked as the single one is.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cache import locks
+from cache.layers import cached_layers
 from cache.schema import TeacherCacheSpec
 from cache.store import StoreError, open_store
 from pipeline import checkpoints, distributed, runs
@@ -20,7 +23,7 @@ from pipeline.audio_only import refuse_distillation_without_faces
 from pipeline.errors import MissingInputError
 from pipeline import config as config_io
 from pipeline.controls import CONTROLS, PROBABILITY_TARGETS, controlled_targets
-from pipeline.data import TARGET_FIELDS, WINDOW_TARGETS, Crops
+from pipeline.data import WINDOW_TARGETS, Crops, MultiCrops, target_field
 from pipeline.datasets.registry import dataset_crop_seconds
 from pipeline.trial_speakers import check_prepared
 from pipeline.distill import LEVELS, METHODS, build_method
@@ -29,6 +32,8 @@ from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, VIDEO_FPS
 from pipeline.manifest import MANIFEST, Entry, manifest_hash, read_classes, read_manifest, read_splits, read_trials
 from pipeline.models.spec import ModelSpec
 from pipeline.models.students import STUDENTS, build_student
+from pipeline.multi_target import (EMBEDDING, ENSEMBLES, DistilTarget, MultiTargetStep, dimension_problems,
+                                   parse_distil_targets)
 from pipeline.runs import find_store
 from pipeline.steps import StudentStep
 from pipeline.training import TrainingConfig, autocast_dtype, finish_run, fit, speed_settings, start_training
@@ -75,6 +80,16 @@ class StudentConfig(TrainingConfig):
     accept_foreign_cache: bool = field(default=False, metadata={
         "help": "Train on a cache made for another manifest or by another teacher than this run's (recorded in "
                 "config.toml and metrics.json); utterances whose cached frame counts differ are left out."})
+    distil: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "Several targets instead of --cache/--lambda/--distance/--target: repeat the option, one target "
+                "each, as comma-separated key=value pairs: lam=λ_i (required; Σλ_i <= 1), cache=PATH, "
+                "teacher=CHECKPOINT (that made the cache; default this run's), layer=TEACHER_LAYER (cached by "
+                "export-embeddings --layers), target=KIND (crop-peak, utterance-peak, segments, aggregator), "
+                "distance=mse|cosine, from=embedding|STUDENT_LAYER, projection=linear|identity, expect_teacher=HEX.",
+        "repeatable": True})
+    ensemble: str = field(default="sum", metadata={
+        "help": "With --distil: sum (Σλ_i D_i, a projection per target) or mean-target (Σλ·D to the λ-weighted "
+                "mean of the targets, which must share one dimension).", "choices": ENSEMBLES})
 
     def validate(self) -> None:
         self.validate_training("train-student")
@@ -93,6 +108,14 @@ class StudentConfig(TrainingConfig):
                                         f"{self.method} distils class probabilities (use shuffled or class-mean)")
         if self.distance not in ("mse", "cosine"):
             raise config_io.ConfigError(f"train-student: distance must be 'mse' or 'cosine', got {self.distance!r}")
+        if self.ensemble not in ENSEMBLES:
+            raise config_io.ConfigError(f"train-student: unknown ensemble {self.ensemble!r}; known: {list(ENSEMBLES)}")
+        if self.distil and (self.method != "proposed" or self.control != "none"):
+            raise config_io.ConfigError("train-student: --distil routes embedding targets as the proposed method "
+                                        f"does; it takes --method proposed and --control none, not --method "
+                                        f"{self.method} --control {self.control}")
+        if self.distil:
+            _ = self.distil_targets  # parsed now: a bad --distil or Σλ_i > 1 is refused before anything runs
         if self.expect_teacher is not None and not re.fullmatch(r"[0-9a-f]{12,64}", self.expect_teacher):
             raise config_io.ConfigError(f"train-student: --expect-teacher must be a teacher fingerprint (sha256: 64 "
                                         f"hex digits, or at least the first 12), got {self.expect_teacher!r}")
@@ -107,6 +130,14 @@ class StudentConfig(TrainingConfig):
         return values
 
     @property
+    def distil_targets(self) -> list[DistilTarget]:
+        """The parsed --distil targets ([] without --distil); a target without `target=` reads the level's kind."""
+        if not self.distil:
+            return []
+        return parse_distil_targets(self.distil, self.level, METHODS[self.method].target_for(self.level, self.target),
+                                    self.ensemble)
+
+    @property
     def sequential(self) -> bool:
         return self.level != "non-sequential"
 
@@ -116,6 +147,9 @@ class StudentConfig(TrainingConfig):
         if self.name:
             return self.name
         variant = [part for part, default in ((self.arch, "resnet"), (self.level, "non-sequential")) if part != default]
+        if self.distil:
+            total = sum(target.lam for target in self.distil_targets)
+            return "-".join([*variant, f"distil{len(self.distil)}", self.ensemble, f"lambda{total:g}", f"seed{self.seed}"])
         if self.control != "none":
             return "-".join([*variant, self.method, self.control, f"lambda{self.lam:g}", f"seed{self.seed}"])
         return "-".join([*variant, self.method, f"lambda{self.lam:g}", f"seed{self.seed}"])
@@ -127,9 +161,14 @@ class StudentConfig(TrainingConfig):
 
 
 def open_checked_cache(path: Path, classes: list[str], entries: list[Entry], expect_teacher: str | None,
-                       target: str = "crop-peak", crop_seconds: int = 5):
-    """Open the teacher cache and refuse it, naming what differs, if it does not fit this training run."""
+                       target: str = "crop-peak", crop_seconds: int = 5, layer: str | None = None):
+    """Open the teacher cache and refuse it, naming what differs, if it does not fit this training run (`layer`: the
+    targets come from that cached teacher layer)."""
     cache = open_store(path)  # an incomplete store is refused with the command that finishes it
+    if layer is not None and layer not in (layers := cached_layers(cache)):
+        cache.close()
+        raise StoreError(f"{path}: holds no teacher layer {layer!r}; its layers: "
+                         f"{', '.join(layers) or 'none (export-embeddings --layers NAMES caches some)'}")
     windowed = target in WINDOW_TARGETS
     crop_segments = crop_seconds // SEGMENT_SECONDS
     # one window per crop start: max(0, S_whole − crop) + 1
@@ -138,8 +177,8 @@ def open_checked_cache(path: Path, classes: list[str], entries: list[Entry], exp
     expected = TeacherCacheSpec(teacher_fingerprint=expect_teacher or None, class_names=tuple(classes),
                                 video_fps=VIDEO_FPS, segment_frames=SEGMENT_VIDEO_FRAMES,
                                 window_seconds=crop_seconds if windowed else None)
-    expected.check(path, cache, training_keys=[entry.key for entry in entries], target_field=TARGET_FIELDS[target],
-                   window_rows=window_rows)
+    expected.check(path, cache, training_keys=[entry.key for entry in entries],
+                   target_field=target_field(target, layer), window_rows=window_rows)
     return cache
 
 
@@ -180,6 +219,31 @@ def accepted_cache(path: Path, prepared: Path, teacher: Path, train: list[Entry]
     return [entry for entry in train if entry.key not in stale_keys], {"accepted": problems, "left_out": left_out}
 
 
+def checked_targets(cfg: StudentConfig, targets: list[DistilTarget], prepared: Path, classes: list[str],
+                    train: list[Entry]) -> tuple[list[Entry], list[dict]]:
+    """Every --distil target's cache checked as the single one is (`accepted_cache`: made for this manifest, by the
+    teacher named for it; `open_checked_cache`: complete, covering every training utterance, holding the field or
+    layer it reads); returns the training entries no cache leaves out and what metrics.json records of each."""
+    run_dir, records = cfg.resolved_run_dir, []
+    for number, target in enumerate(targets, 1):
+        teacher = target.teacher or runs.teacher_checkpoint(run_dir)
+        try:
+            path = target.cache or find_store(runs.embeddings_dir(run_dir), cfg.dataset)
+            train, foreign = accepted_cache(path, prepared, teacher, train, cfg.accept_foreign_cache)
+            with open_checked_cache(path, classes, train, target.expect_teacher, target.target, cfg.crop_seconds,
+                                    target.layer) as cache:
+                attrs, layers = cache.attrs, cached_layers(cache)
+        except StoreError as error:
+            hint = ("; for a cache of another teacher, name its checkpoint: teacher=PATH in this --distil"
+                    if target.teacher is None and "teacher" in str(error) else "")
+            raise StoreError(f"--distil target {number}: {error}{hint}") from None
+        records.append({**target.record(), "cache": str(path), "teacher": str(teacher),
+                        "dim": layers[target.layer] if target.layer else int(attrs["embed_dim"]),
+                        "teacher_fingerprint": attrs["teacher_fingerprint"], "teacher_arch": attrs.get("teacher_arch"),
+                        "foreign_cache": foreign})
+    return train, records
+
+
 def resolve_crop(cfg: StudentConfig) -> StudentConfig:
     """`cfg` with the dataset's crop length when none was given (from the prepared run's dataset.json)."""
     if cfg.crop_seconds is not None:
@@ -202,10 +266,19 @@ def run(cfg: StudentConfig) -> Path:
     class_index = {name: i for i, name in enumerate(classes)}
     train = by_split["train"]
 
-    # the cache is checked before the run directory is claimed: a refused run leaves nothing behind
-    cache_path, cache, fingerprint, embed_dim, foreign = None, None, None, 512, None
-    target_kind = METHODS[cfg.method].target_for(cfg.level, cfg.target) if cfg.lam > 0 else None
-    if cfg.lam > 0:
+    # the caches are checked before the run directory is claimed: a refused run leaves nothing behind
+    cache_path, cache, fingerprint, embed_dim, foreign, checked = None, None, None, 512, None, []
+    targets = cfg.distil_targets
+    target_kind = METHODS[cfg.method].target_for(cfg.level, cfg.target) if cfg.lam > 0 and not targets else None
+    if targets:
+        train, checked = checked_targets(cfg, targets, prepared, classes, train)
+        fingerprint = "+".join(dict.fromkeys(record["teacher_fingerprint"] for record in checked))
+        # the student's embedding is as wide as the first target distilled from it (the paper: the teacher's)
+        embed_dim = next((record["dim"] for record in checked if record["from"] == EMBEDDING), embed_dim)
+        foreign = [record["foreign_cache"] for record in checked] if any(r["foreign_cache"] for r in checked) else None
+        if problems := dimension_problems(targets, [record["dim"] for record in checked], cfg.ensemble, embed_dim):
+            raise config_io.ConfigError(f"train-student: {'; '.join(problems)}")
+    elif cfg.lam > 0:
         try:
             cache_path = cfg.cache or find_store(runs.embeddings_dir(run_dir), cfg.dataset)
         except MissingInputError:
@@ -222,16 +295,25 @@ def run(cfg: StudentConfig) -> Path:
 
     spec = ModelSpec(cfg.arch, cfg.tiny, len(classes), embed_dim, cfg.sequential)
     model = build_student(spec).to(device)
-    method = build_method(cfg.method, cfg.level, cfg.distance, cfg.temperature, embed_dim).to(device)
-    step = speed_settings(StudentStep(model, method, cfg.lam), device, cfg.channels_last, cfg.compile)
-    # multitask's decoder gets no gradient at λ = 0: DDP must then look for unused parameters
-    trained_step = distributed.wrap(step, job, device, find_unused=any(True for _ in method.parameters()))
     labels = [class_index[e.label] for e in train]
-    donors, class_targets, control = (controlled_targets(cfg.control, cache_path, train, labels, len(classes),
-                                                         target_kind, cfg.seed)
-                                      if cfg.lam > 0 else (None, None, {"kind": cfg.control, "applied": False}))
-    dataset = Crops(train, labels, spectrogram_path, None if class_targets is not None else cache_path,
-                    cfg.crop_seconds, target_kind, donors, class_targets)
+    if targets:
+        step = MultiTargetStep(model, cfg.level, targets, [record["dim"] for record in checked], cfg.ensemble)
+        dataset = MultiCrops(train, labels, spectrogram_path, [(record["cache"], target.target, target.layer)
+                                                               for target, record in zip(targets, checked)],
+                             cfg.crop_seconds)
+        control, unused = {"kind": cfg.control, "applied": False}, False
+    else:
+        method = build_method(cfg.method, cfg.level, cfg.distance, cfg.temperature, embed_dim)
+        step = StudentStep(model, method, cfg.lam)
+        # multitask's decoder gets no gradient at λ = 0: DDP must then look for unused parameters
+        unused = any(True for _ in method.parameters())
+        donors, class_targets, control = (controlled_targets(cfg.control, cache_path, train, labels, len(classes),
+                                                             target_kind, cfg.seed)
+                                          if cfg.lam > 0 else (None, None, {"kind": cfg.control, "applied": False}))
+        dataset = Crops(train, labels, spectrogram_path, None if class_targets is not None else cache_path,
+                        cfg.crop_seconds, target_kind, donors, class_targets)
+    step = speed_settings(step.to(device), device, cfg.channels_last, cfg.compile)
+    trained_step = distributed.wrap(step, job, device, find_unused=unused)
     val = by_split["val"] or by_split["test"]
     history = fit(
         cfg, job, device, out, resume_from, step, trained_step, dataset, "student",
@@ -247,9 +329,9 @@ def run(cfg: StudentConfig) -> Path:
         "name": cfg.run_name,
         "method": cfg.method,
         "level": cfg.level,
-        "lambda": cfg.lam,
-        "distance": cfg.distance,
-        "target": target_kind,
+        "lambda": sum(target.lam for target in targets) if targets else cfg.lam,
+        "distance": "+".join(dict.fromkeys(target.distance for target in targets)) if targets else cfg.distance,
+        "target": "+".join(dict.fromkeys(target.target for target in targets)) if targets else target_kind,
         "temperature": cfg.temperature,
         "control": control,
         "arch": cfg.arch,
@@ -258,6 +340,7 @@ def run(cfg: StudentConfig) -> Path:
         "teacher_fingerprint": fingerprint,
         "cache": str(cache_path) if cache_path else None,
         "foreign_cache": foreign,
+        "distil": {"ensemble": cfg.ensemble, "targets": checked} if targets else None,
         "identification": identification(model, spectrograms, by_split["test"], class_index, device, job),
         "verification": verification(model, spectrograms, trials, device, job),
         "trial_speakers_in_training": len(trial_speakers_in_training),
@@ -273,7 +356,7 @@ def run(cfg: StudentConfig) -> Path:
         distributed.teardown(job)
         return out
     checkpoints.save_student(out / checkpoints.STUDENT_FILE, model, classes, spectrogram_params,
-                             {"method": cfg.method, "level": cfg.level, "lambda": cfg.lam,
+                             {"method": cfg.method, "level": cfg.level, "lambda": metrics["lambda"],
                               "teacher_fingerprint": fingerprint})
     finish_run(out, metrics, ("loss", "cross_entropy", "distance", "val_accuracy"), cfg.run_name)
     eer = (metrics["verification"] or {}).get("eer")
