@@ -30,6 +30,7 @@ from pipeline.benchmark.report import write_report
 from pipeline.benchmark.studies import corpus_root, protocol_config, study_sweeps, temperature_choice
 from pipeline.cells import check_finished_run, grid
 from pipeline.datasets.synthetic import GENERATOR_VERSION, SynthConfig, synthesize
+from pipeline.errors import UserError
 from pipeline.training import FINISHED_MARKER, LAST_CHECKPOINT
 from stages import export_embeddings, prepare, protocol, sweep, train_teacher
 
@@ -132,8 +133,11 @@ def prepare_config(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str)
 
 
 def teacher_config(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> train_teacher.TeacherConfig:
+    """A corpus's teacher; a sequential one's window is the students' crop (its aggregator rows are per window)."""
     settings = {"run_dir": cfg.work / name / "run", "device": cfg.device, "num_workers": 0,
                 **spec.corpora[name].teacher}
+    if settings.get("sequential"):
+        settings.setdefault("window_seconds", spec.crop_seconds)
     return config_io.build(train_teacher.TeacherConfig, settings, source=f"benchmark corpus {name}: teacher")
 
 
@@ -186,9 +190,14 @@ def work_through(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec) -> None:
             pending.append(("study", study.temperature_from))
         pending.append(("study", study.name))
     done: set[tuple[str, str]] = set()
+    failed: dict[tuple[str, str], str] = {}
     while pending:
         progressed = False
         for task in list(pending):
+            if (blocker := blocked_by(spec, task, failed)) is not None:
+                failed[task] = f"not run: {blocker[0]} {blocker[1]} failed"
+                pending.remove(task)
+                continue
             if not ready(cfg, spec, task, done):
                 continue
             try:
@@ -197,11 +206,27 @@ def work_through(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec) -> None:
                 tqdm.write(f"benchmark: {task[0]} {task[1]} is held by another process "
                            f"({locks.describe_holder(refusal.holder)}); doing other work meanwhile")
                 continue
+            except UserError as error:  # this task's inputs or settings: the rest of the benchmark goes on
+                tqdm.write(f"benchmark: {task[0]} {task[1]} failed: {error}")
+                failed[task] = str(error)
+            else:
+                done.add(task)
             pending.remove(task)
-            done.add(task)
             progressed = True
         if pending and not progressed:
             time.sleep(WAIT_SECONDS)
+    if failed:
+        raise UserError("benchmark: " + "; ".join(f"{kind} {name}: {why}" for (kind, name), why in failed.items())
+                        + ". What finished is kept; mend the cause and run the same command again.")
+
+
+def blocked_by(spec: spec_io.BenchmarkSpec, task: tuple[str, str], failed: dict) -> tuple[str, str] | None:
+    """The failed task this one needs (a study's corpus or temperature study), if any."""
+    if task[0] == "corpus":
+        return None
+    study = spec.study(task[1])
+    needs = [("corpus", study.corpus)] + ([("study", study.temperature_from)] if study.temperature_from else [])
+    return next((need for need in needs if need in failed), None)
 
 
 def ready(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, task: tuple[str, str], done: set) -> bool:

@@ -124,3 +124,19 @@ def test_tiny_benchmark_runs_reports_and_resumes(tmp_path, one_torch_thread, cap
     out = capsys.readouterr().out + capsys.readouterr().err
     assert "0 cells trained this time" in out and "training the teacher" not in out
     assert (tmp_path / "out" / "benchmark.toml").read_text().startswith("# The spec this report was made from")
+
+
+def test_a_sequential_teacher_windows_the_students_crop_and_a_failed_corpus_blocks_its_studies(tmp_path):
+    document = json.loads(json.dumps(TINY_SPEC))
+    document["corpora"]["sequential"] = {"corpus_of": "correlated", "prepare": {"faces": "boxes", "split": "official"},
+                                         "teacher": {**_TEACHER, "sequential": True}}
+    document["studies"].append({"name": "seq", "role": "sequential", "corpus": "sequential", "methods": ["proposed"],
+                                "levels": ["aggregator"], "lambdas": [0.5], "baseline": "main"})
+    spec = spec_io.parse(document)
+    cfg = benchmark.BenchmarkConfig(work=tmp_path, device="cpu")
+    assert benchmark.teacher_config(cfg, spec, "sequential").window_seconds == spec.crop_seconds == 1
+    assert benchmark.teacher_config(cfg, spec, "correlated").window_seconds is None
+    failed = {("corpus", "sequential"): "broken"}
+    assert benchmark.blocked_by(spec, ("study", "seq"), failed) == ("corpus", "sequential")
+    assert benchmark.blocked_by(spec, ("study", "main"), failed) is None
+    assert benchmark.blocked_by(spec, ("study", "main"), {("study", "temperature"): "x"}) == ("study", "temperature")
