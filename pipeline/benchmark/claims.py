@@ -31,6 +31,12 @@ def better(difference: Paired | None) -> str:
             "missing": "not measured yet"}[direction(difference)]
 
 
+def lower(difference: Paired | None) -> str:
+    """The verdict on "X is lower than Y" (EER, a harm) from the interval of X − Y."""
+    return {"lower": "reproduced", "higher": "not reproduced", "unclear": "inconclusive",
+            "missing": "not measured yet"}[direction(difference)]
+
+
 def no_harm(difference: Paired | None) -> str:
     if difference is None:
         return "not measured yet"
@@ -41,6 +47,16 @@ def no_harm(difference: Paired | None) -> str:
 
 def _top1(results, study, method: str, lam: float) -> dict[int, float]:
     return results.values(study, method, lam, "top1")
+
+
+def validated_gain(results, study, method: str, key: str = "top1", level: str | None = None):
+    """(λ chosen on validation, paired change of `key` there against λ = 0); (None, None) before any finished."""
+    lam = results.chosen_lambda(study, method, level=level)
+    return lam, (results.change(study, method, lam, key, level=level) if lam is not None else None)
+
+
+def _at(lam: float | None) -> str:
+    return f"λ = {'—' if lam is None else f'{lam:g}'} (validation)"
 
 
 def claims(results) -> list[Verdict]:
@@ -59,44 +75,34 @@ def claims(results) -> list[Verdict]:
                 better(real_minus), f"real − {kind}: {format_paired(real_minus)}; {kind} vs audio only: "
                 f"{format_paired(results.change(control, 'proposed', lam, 'top1'))}"))
     for null in spec.by_role("null"):
-        lam = results.chosen_lambda(null, "proposed")
-        gain = results.change(null, "proposed", lam, "top1") if lam is not None else None
+        lam, gain = validated_gain(results, null, "proposed")
         verdicts.append(Verdict(
-            f"Null corpus ({null.name}): with nothing shared but the label, distillation (proposed, λ = "
-            f"{'—' if lam is None else f'{lam:g}'} chosen on validation) does not help",
+            f"Null corpus ({null.name}): with nothing shared but the label, distillation (proposed) does not help",
             {"higher": "not reproduced", "lower": "reproduced", "unclear": "reproduced",
              "missing": "not measured yet"}[direction(gain)],
-            f"Δ top-1 vs audio only: {format_paired(gain)} (an interval containing 0 or below it: no gain)"))
+            f"{_at(lam)}: Δ top-1 vs audio only {format_paired(gain)} (an interval containing 0 or below it: no gain)"))
     for weak in spec.by_role("weak-teacher"):
         verdicts += _weak_claims(results, weak)
     for emotion in spec.by_role("emotion"):
-        lam = results.chosen_lambda(emotion, emotion.methods[0])
-        gain = results.change(emotion, emotion.methods[0], lam, "ua") if lam is not None else None
+        lam, gain = validated_gain(results, emotion, emotion.methods[0], "ua")
         verdicts.append(Verdict(f"Emotion ({emotion.name}, leave-one-speaker-out): distillation raises UA",
-                                better(gain), f"λ = {'—' if lam is None else f'{lam:g}'} (validation), paired over "
-                                f"folds: Δ UA {format_paired(gain)}"))
+                                better(gain), f"{_at(lam)}, paired over folds: Δ UA {format_paired(gain)}"))
     for sequential in spec.by_role("sequential"):
         for level in sequential.levels:
-            lam = results.chosen_lambda(sequential, "proposed", level=level)
-            gain = results.change(sequential, "proposed", lam, "top1", level=level) if lam is not None else None
+            lam, gain = validated_gain(results, sequential, "proposed", level=level)
             verdicts.append(Verdict(f"Sequential level `{level}` ({sequential.name}): distillation beats audio alone",
-                                    better(gain), f"λ = {'—' if lam is None else f'{lam:g}'} (validation): "
-                                    f"{format_paired(gain)}"))
+                                    better(gain), f"{_at(lam)}: Δ {format_paired(gain)}"))
     return verdicts
 
 
 def _main_claims(results, main) -> list[Verdict]:
     verdicts = []
-    lam = results.chosen_lambda(main, "proposed")
-    gain = results.change(main, "proposed", lam, "top1") if lam is not None else None
+    lam, gain = validated_gain(results, main, "proposed")
     verdicts.append(Verdict(f"Main corpus ({main.name}): the proposed method beats the audio-only student (top-1)",
-                            better(gain), f"λ = {'—' if lam is None else f'{lam:g}'} (validation): "
-                                          f"Δ {format_paired(gain)}"))
+                            better(gain), f"{_at(lam)}: Δ {format_paired(gain)}"))
     eer_gain = results.change(main, "proposed", lam, "eer") if lam is not None else None
     verdicts.append(Verdict(f"Main corpus ({main.name}): the proposed method lowers verification EER",
-                            {"lower": "reproduced", "higher": "not reproduced", "unclear": "inconclusive",
-                             "missing": "not measured yet"}[direction(eer_gain)],
-                            f"Δ EER {format_paired(eer_gain)} (negative is better)"))
+                            lower(eer_gain), f"{_at(lam)}: Δ EER {format_paired(eer_gain)} (negative is better)"))
     moderate = results.chosen_lambda(main, "proposed", [lam for lam in main.lambdas if lam in MODERATE])
     if moderate is not None and 1.0 in main.lambdas:
         middle = paired(_top1(results, main, "proposed", moderate), _top1(results, main, "proposed", 1.0))
@@ -120,21 +126,18 @@ def _main_claims(results, main) -> list[Verdict]:
 
 def _weak_claims(results, weak) -> list[Verdict]:
     verdicts = []
-    lam = results.chosen_lambda(weak, "proposed")
-    gain = results.change(weak, "proposed", lam, "top1") if lam is not None else None
+    lam, gain = validated_gain(results, weak, "proposed")
     teacher = results.teacher_accuracy(weak.corpus)
     student = results.stat(weak, "proposed", 0.0, "top1")
     situation = (f"teacher {100 * teacher:.1f} %, audio only {100 * student[0]:.1f} %"
                  if teacher is not None and student is not None else "teacher or baseline not measured yet")
     verdicts.append(Verdict(f"Weak teacher ({weak.name}; {situation}): the proposed method does no harm",
-                            no_harm(gain), f"λ = {'—' if lam is None else f'{lam:g}'} (validation): "
-                            f"Δ {format_paired(gain)}; harm ruled out above {100 * NO_HARM_MARGIN:.0f} points"))
+                            no_harm(gain), f"{_at(lam)}: Δ {format_paired(gain)}; reproduced when a harm above "
+                            f"{100 * NO_HARM_MARGIN:.0f} points is ruled out"))
     high = max(weak.lambdas)
     for baseline in ("soft-label", "multitask"):
         if baseline in weak.methods:
             harm = results.change(weak, baseline, high, "top1")
-            verdicts.append(Verdict(f"Weak teacher: the {baseline} baseline is harmed (λ = {high:g})",
-                                    {"lower": "reproduced", "higher": "not reproduced", "unclear": "inconclusive",
-                                     "missing": "not measured yet"}[direction(harm)],
+            verdicts.append(Verdict(f"Weak teacher: the {baseline} baseline is harmed (λ = {high:g})", lower(harm),
                                     f"Δ vs audio only: {format_paired(harm)}"))
     return verdicts
