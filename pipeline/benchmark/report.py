@@ -54,8 +54,10 @@ class Results:
                                                "folds": len(values)}
 
     def folds(self, study: StudySpec) -> list[int]:
-        """An emotion study's folds (its paired units), as far as its runs show them."""
-        return sorted({row["seed"] for row in self.rows[study.name]}) or [0]
+        """An emotion study's folds (its paired units): those it names, else one per actor of its corpus."""
+        named = study.protocol.get("folds")
+        actors = self.spec.corpora[study.corpus].synth.get("speakers", 0)
+        return list(named) if named else list(range(1, actors + 1)) or sorted({r["seed"] for r in self.rows[study.name]})
 
     def temperature_of(self, study: StudySpec) -> float | None:
         return self.temperatures.get(study.temperature_from) if study.temperature_from else None
@@ -175,8 +177,11 @@ def write_report(cfg, spec: BenchmarkSpec, elapsed: float) -> Path:
             continue
         keys = (("ua", "UA (%)"),) if study.role == "emotion" else (("top1", "top-1 accuracy (%)"), ("eer", "EER (%)"))
         for key, label in keys:
+            lines = _lines(results, study, key)
+            if not any(stat is not None for points in lines.values() for _, stat in points):
+                continue  # nothing finished yet
             path = out / f"{study.name}_{key}_vs_lambda.png"
-            plot_against_lambda(path, _lines(results, study, key), label,
+            plot_against_lambda(path, lines, label,
                                 f"{study.name} corpus ({PLOTTED[study.role]}): {label} against λ; mean ± std over "
                                 f"{'folds' if study.role == 'emotion' else 'seeds'}", 100,
                                 results.teacher_accuracy(study.corpus) if key in ("top1", "ua") else None,
