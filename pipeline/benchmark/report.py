@@ -31,8 +31,8 @@ from pipeline.report import (
     write_markdown,
 )
 
-PLOTTED = {"main": "Fig. 4 shape", "null": "null corpus", "weak-teacher": "Fig. 6 shape (weak teacher)",
-           "emotion": "Fig. 5 shape (emotion, leave-one-speaker-out)"}
+PLOTTED = {"main": "correlated corpus, Fig. 4 shape", "null": "null corpus: nothing shared but the label",
+           "weak-teacher": "weak teacher, Fig. 6 shape", "emotion": "emotion, leave-one-speaker-out, Fig. 5 shape"}
 
 
 class Results:
@@ -182,7 +182,7 @@ def write_report(cfg, spec: BenchmarkSpec, elapsed: float) -> Path:
                 continue  # nothing finished yet
             path = out / f"{study.name}_{key}_vs_lambda.png"
             plot_against_lambda(path, lines, label,
-                                f"{study.name} corpus ({PLOTTED[study.role]}): {label} against λ; mean ± std over "
+                                f"{study.name} ({PLOTTED[study.role]})\n{label} against λ, mean ± std over "
                                 f"{'folds' if study.role == 'emotion' else 'seeds'}", 100,
                                 results.teacher_accuracy(study.corpus) if key in ("top1", "ua") else None,
                                 expected_n=len(study.seeds))
