@@ -27,12 +27,12 @@ from pipeline import config as config_io
 from pipeline import runs
 from pipeline.benchmark import spec as spec_io
 from pipeline.benchmark.report import write_report
-from pipeline.benchmark.studies import corpus_root, protocol_config, study_sweeps, temperature_choice
 from pipeline.cells import check_finished_run, grid
 from pipeline.datasets.synthetic import GENERATOR_VERSION, SynthConfig, synthesize
 from pipeline.errors import UserError
 from pipeline.training import FINISHED_MARKER, LAST_CHECKPOINT
 from stages import export_embeddings, prepare, protocol, sweep, train_teacher
+from stages.benchmark_studies import corpus_root, protocol_config, read_results, study_sweeps, temperature_choice
 
 WAIT_SECONDS = 20.0  # between looks at work another process holds
 
@@ -86,7 +86,7 @@ def run(cfg: BenchmarkConfig) -> Path:
     (cfg.out / "benchmark.toml").write_text(
         "# The spec this report was made from: `avl benchmark --spec results/benchmark/benchmark.toml` reruns it.\n"
         + tomli_w.dumps(spec.document))
-    report = write_report(cfg, spec, time.perf_counter() - started)
+    report = write_report(cfg.out, read_results(cfg.work, spec), time.perf_counter() - started)
     tqdm.write(f"benchmark: report → {report}")
     return cfg.out
 

@@ -14,8 +14,7 @@ from pipeline import runs
 from pipeline.benchmark.claims import claims
 from pipeline.benchmark.spec import BenchmarkSpec, StudySpec
 from pipeline.benchmark.stats import format_paired, paired
-from pipeline.benchmark.studies import by_seed, protocol_teachers, run_dir, study_rows, temperature_choice
-from pipeline.cells import METRICS
+from pipeline.cells import BASELINE, METRICS
 from pipeline.report import (
     MISSING,
     best_lambda,
@@ -35,32 +34,26 @@ PLOTTED = {"main": "correlated corpus, Fig. 4 shape", "null": "null corpus: noth
            "weak-teacher": "weak teacher, Fig. 6 shape", "emotion": "emotion, leave-one-speaker-out, Fig. 5 shape"}
 
 
-class Results:
-    """Every study's finished rows and every corpus's teacher, read once."""
+def by_seed(rows: list[dict], method: str, lam: float, key: str, level: str | None = None) -> dict[int, float]:
+    """seed → metric of the cells at (method, λ) (λ = 0: the shared baseline cells)."""
+    chosen = BASELINE if lam == 0 else method
+    return {r["seed"]: r[key] for r in rows if r["method"] == chosen and r["lambda"] == lam
+            and (level is None or r["level"] == level) and r[key] is not None}
 
-    def __init__(self, work: Path, spec: BenchmarkSpec) -> None:
-        self.work, self.spec = work, spec
-        self.temperatures = {s.name: temperature_choice(work, spec, s) for s in spec.by_role("temperature")}
-        self.rows = {s.name: study_rows(work, spec, s, self.temperature_of(s)) for s in spec.studies}
-        self.teachers = {}
-        for name in spec.corpora:
-            path = runs.teacher_dir(run_dir(work, name)) / "metrics.json"
-            self.teachers[name] = runs.read_json(path) if path.exists() else {}
-        for study in spec.by_role("emotion"):  # a teacher per fold: their mean UA (the paper's Table 6 column)
-            folds = protocol_teachers(work, spec, study)
-            values = [fold["ua"] if fold.get("ua") is not None else fold["accuracy"] for fold in folds]
-            if values:
-                self.teachers[study.corpus] = {"test": {"utterance_accuracy": sum(values) / len(values)},
-                                               "folds": len(values)}
+
+class Results:
+    """What the report reads: every study's finished rows (name → sweep rows; an emotion study's seed is its
+    fold), every corpus's teacher metrics and the temperatures chosen (stages/benchmark_studies.read_results)."""
+
+    def __init__(self, spec: BenchmarkSpec, rows: dict[str, list[dict]], teachers: dict[str, dict],
+                 temperatures: dict[str, float | None]) -> None:
+        self.spec, self.rows, self.teachers, self.temperatures = spec, rows, teachers, temperatures
 
     def folds(self, study: StudySpec) -> list[int]:
         """An emotion study's folds (its paired units): those it names, else one per actor of its corpus."""
         named = study.protocol.get("folds")
         actors = self.spec.corpora[study.corpus].synth.get("speakers", 0)
         return list(named) if named else list(range(1, actors + 1)) or sorted({r["seed"] for r in self.rows[study.name]})
-
-    def temperature_of(self, study: StudySpec) -> float | None:
-        return self.temperatures.get(study.temperature_from) if study.temperature_from else None
 
     def teacher_accuracy(self, corpus: str) -> float | None:
         return (self.teachers[corpus].get("test") or {}).get("utterance_accuracy")
@@ -162,10 +155,9 @@ def corpus_table(results: Results) -> list[str]:
     return markdown_table(["corpus", "study", "teacher test accuracy (%)", "audio-only top-1 (%)", "seeds"], rows)
 
 
-def write_report(cfg, spec: BenchmarkSpec, elapsed: float) -> Path:
-    out = cfg.out
+def write_report(out: Path, results: Results, elapsed: float) -> Path:
+    spec = results.spec
     out.mkdir(parents=True, exist_ok=True)
-    results = Results(cfg.work, spec)
     all_rows = [{"study": name, **row} for name, rows in results.rows.items() for row in rows]
     write_csv(out / "results.csv", ["study", "cell", "method", "level", "arch", "lambda", "seed", "temperature",
                                     *(m[1] for m in METRICS), "val_accuracy", "train_seconds", "parameters",

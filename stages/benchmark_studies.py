@@ -1,13 +1,19 @@
-"""A benchmark study as `avl sweep` configs, its finished cells as rows keyed by seed, and the soft-label
-temperature a temperature study chooses on validation accuracy."""
+"""`avl benchmark`'s studies as stage configs: a study as `avl sweep` configs (or, for an emotion study, an `avl
+protocol` config), its finished students as rows, the soft-label temperature a temperature study chooses on
+validation accuracy, and everything the report reads (pipeline/benchmark/report.py's Results)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import config as config_io
+from pipeline import runs
+from pipeline.benchmark.report import Results
 from pipeline.benchmark.spec import BenchmarkSpec, StudySpec
-from pipeline.cells import BASELINE, collect, grid
+from pipeline.cells import collect, grid
 from pipeline.report import mean_std
+from stages import protocol
+from stages.sweep import SweepConfig
 
 
 def corpus_root(work: Path, name: str) -> Path:
@@ -29,8 +35,6 @@ def study_sweeps(work: Path, spec: BenchmarkSpec, study: StudySpec, device: str,
     """The sweeps of a study: one per temperature for a temperature study, else one (soft-label at `temperature`
     when the study takes it from a temperature study; None there means "not chosen yet" and yields a placeholder
     T only good for checking settings)."""
-    from stages.sweep import SweepConfig  # stages import pipeline, not the reverse at import time
-
     def make(name: str, extra: dict) -> SweepConfig:
         return SweepConfig(
             run_dir=run_dir(work, study.corpus), dataset="voxceleb", name=name, lambdas=study.lambdas,
@@ -47,16 +51,13 @@ def study_sweeps(work: Path, spec: BenchmarkSpec, study: StudySpec, device: str,
 def protocol_config(work: Path, spec: BenchmarkSpec, study: StudySpec, device: str):
     """An emotion study's `avl protocol` config: the benchmark's student settings, the study's λ and method, and
     its `protocol` table (folds, teacher_epochs, stage options); --faces boxes crops around the true boxes."""
-    from pipeline import config as config_io
-    from stages.protocol import ProtocolConfig
-
     root = corpus_root(work, study.corpus)
     settings = dict(study.protocol)
     prepare_options = tuple(settings.pop("prepare_options", ()))
     if any(option.replace(" ", "").startswith("faces=") and "boxes" in option for option in prepare_options):
         prepare_options += (f"boxes_dir='{root / 'boxes'}'",)
     student_options = tuple(settings.pop("student_options", ())) + _options(spec.student)
-    return config_io.build(ProtocolConfig, {
+    return config_io.build(protocol.ProtocolConfig, {
         "dataset": "ravdess", "root": root, "run_dir": work / study.corpus / "protocol", "lambdas": study.lambdas,
         "method": study.methods[0], "arch": spec.arch, "tiny": spec.tiny, "epochs": spec.epochs,
         "batch_size": spec.batch_size, "crop_seconds": spec.crop_seconds, "student_options": student_options,
@@ -66,8 +67,6 @@ def protocol_config(work: Path, spec: BenchmarkSpec, study: StudySpec, device: s
 
 def _protocol_rows(work: Path, spec: BenchmarkSpec, study: StudySpec) -> tuple[list[dict], list[dict]]:
     """An emotion study's finished students as rows whose seed is the fold, and each fold's teacher."""
-    from stages import protocol
-
     cfg = protocol_config(work, spec, study, "cpu")
     if not (work / study.corpus / "protocol").exists():
         return [], []
@@ -105,8 +104,19 @@ def temperature_choice(work: Path, spec: BenchmarkSpec, study: StudySpec, device
     return max((stat[0], -t, t) for t, stat in scores.items() if stat is not None)[2]
 
 
-def by_seed(rows: list[dict], method: str, lam: float, key: str, level: str | None = None) -> dict[int, float]:
-    """seed → metric of the cells at (method, λ) (λ = 0: the shared baseline cells)."""
-    chosen = BASELINE if lam == 0 else method
-    return {r["seed"]: r[key] for r in rows if r["method"] == chosen and r["lambda"] == lam
-            and (level is None or r["level"] == level) and r[key] is not None}
+def read_results(work: Path, spec: BenchmarkSpec) -> Results:
+    """Every study's finished rows, every corpus's teacher (an emotion study's: the mean of its folds') and the
+    temperatures chosen so far."""
+    temperatures = {s.name: temperature_choice(work, spec, s) for s in spec.by_role("temperature")}
+    rows = {s.name: study_rows(work, spec, s, temperatures.get(s.temperature_from) if s.temperature_from else None)
+            for s in spec.studies}
+    teachers = {}
+    for name in spec.corpora:
+        path = runs.teacher_dir(run_dir(work, name)) / "metrics.json"
+        teachers[name] = runs.read_json(path) if path.exists() else {}
+    for study in spec.by_role("emotion"):  # a teacher per fold: their mean UA (the paper's Table 6 column)
+        folds = protocol_teachers(work, spec, study)
+        values = [fold["ua"] if fold.get("ua") is not None else fold["accuracy"] for fold in folds]
+        if values:
+            teachers[study.corpus] = {"test": {"utterance_accuracy": sum(values) / len(values)}, "folds": len(values)}
+    return Results(spec, rows, teachers, temperatures)
