@@ -71,10 +71,12 @@ def run(cfg: BenchmarkConfig) -> Path:
     check_settings(cfg, spec)  # every stage's settings, before anything trains
     if not cfg.report_only:
         children = [] if cfg.worker else start_workers(cfg)
+        threads = torch.get_num_threads()
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.jobs))
         try:
             work_through(cfg, spec)
         finally:
+            torch.set_num_threads(threads)  # a caller in this process (a test session) keeps its own setting
             for child in children:
                 child.wait()
         if any(child.returncode for child in children):

@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from pipeline.benchmark import spec as spec_io
 from pipeline.benchmark.claims import better, no_harm
@@ -102,7 +103,9 @@ def test_tiny_benchmark_runs_reports_and_resumes(tmp_path, one_torch_thread, cap
     path = tmp_path / "spec.toml"
     path.write_text(tomli_w.dumps(TINY_SPEC))
     cfg = benchmark.BenchmarkConfig(spec=path, work=tmp_path / "work", out=tmp_path / "out", device="cpu")
+    threads = torch.get_num_threads()
     benchmark.run(cfg)
+    assert torch.get_num_threads() == threads  # the session's setting is left as it was (later tests compare bits)
     report = (tmp_path / "out" / "report.md").read_text()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["temperatures"]["temperature"] in (1.0, 4.0)
