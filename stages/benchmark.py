@@ -72,11 +72,12 @@ def run(cfg: BenchmarkConfig) -> Path:
     if not cfg.report_only:
         children = [] if cfg.worker else start_workers(cfg)
         threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.jobs))
+        if cfg.jobs > 1:  # one process alone keeps torch's setting (a caller's, e.g. a test session's, stays intact)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.jobs))
         try:
             work_through(cfg, spec)
         finally:
-            torch.set_num_threads(threads)  # a caller in this process (a test session) keeps its own setting
+            torch.set_num_threads(threads)
             for child in children:
                 child.wait()
         if any(child.returncode for child in children):
