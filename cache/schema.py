@@ -38,6 +38,11 @@ def spectrogram_fields(n_freq: int) -> list[FieldSpec]:
     return [FieldSpec("spectrogram", "float16", (n_freq,), ragged=True, chunk_rows=512, layout="raw")]
 
 
+def waveform_fields() -> list[FieldSpec]:
+    """16-bit PCM samples, one ragged row per sample (8 s of 16 kHz audio per 256 KB chunk)."""
+    return [FieldSpec("waveform", "int16", (), ragged=True, chunk_rows=128_000, layout="raw")]
+
+
 def face_fields(face_size: int, encoding: str = "raw") -> list[FieldSpec]:
     """Stage 0's face crops, by encoding (FACE_FIELDS; `pipeline/face_store.py` writes and reads them)."""
     if encoding not in FACE_FIELDS:
@@ -152,6 +157,17 @@ class SpectrogramStoreSpec(PreparedStoreSpec):
     def fields(self) -> list[FieldSpec]:
         """One ragged float16 field of n_fft // 2 + 1 bins (a one-sided STFT)."""
         return spectrogram_fields(self.spectrogram["n_fft"] // 2 + 1)
+
+
+@dataclass(frozen=True)
+class WaveformStoreSpec(PreparedStoreSpec):
+    """Stage 0's waveforms (`prepare --waveforms`): what an audio teacher and a degraded student start from."""
+
+    kind: ClassVar[str] = "waveforms"
+    sample_rate: int
+
+    def fields(self) -> list[FieldSpec]:
+        return waveform_fields()
 
 
 LEGACY_FACE_ATTRS = {"encoding": "raw", "quality": None}  # what a face store without these attributes holds

@@ -65,23 +65,32 @@ def evaluate_teacher(model, store, keys: list[str], labels: list[int], device, b
     the mean of frame logits over every frame of the utterance, or for a sequential teacher the aggregator over
     all its frame embeddings (Eq. 5). `store`: the face frames (`pipeline.face_store.open_faces`)."""
     model.eval()
-    # hits and totals per class and level, summed over ranks; every rank knows every label, so the same keys
-    counts = {f"{level}_{what}/{label}": 0 for level in _LEVELS for what in ("hits", "total") for label in set(labels)}
-    for key, label in zip(distributed.shard(keys, job), distributed.shard(labels, job)):
+    scored = []
+    for key in distributed.shard(keys, job):
         frames = store.read_tensor(key)  # (T, H, W, 3) uint8, decoded on the face store's decode device
         outputs = [model(frames[i : i + batch_frames].to(device)) for i in range(0, len(frames), batch_frames)]
         logits = torch.cat([logit.float().cpu() for _, logit in outputs])
-        counts[f"frame_hits/{label}"] += int((logits.argmax(1) == label).sum())
-        counts[f"frame_total/{label}"] += len(logits)
         if model.aggregator is None:
             utterance_logits = logits.mean(0)
         else:
             frame_embeddings = torch.cat([embedding.float() for embedding, _ in outputs])[None]  # (1, T, D)
-            utterance_logits = model.head(model.aggregate(frame_embeddings))[0]
+            utterance_logits = model.head(model.aggregate(frame_embeddings))[0].float().cpu()
+        scored.append((logits, utterance_logits))
+    return frame_and_utterance_accuracy(scored, distributed.shard(labels, job), set(labels), job)
+
+
+def frame_and_utterance_accuracy(scored: list[tuple[torch.Tensor, torch.Tensor]], labels: list[int],
+                                 classes: set[int], job: Distributed = SINGLE_PROCESS) -> dict:
+    """A teacher's {frame,utterance}_{accuracy,ua} from (frame logits (T, C), utterance logits (C,)) per utterance
+    of this rank's `labels`; `classes`: every label of every rank (the same on each), so the counts sum."""
+    counts = {f"{level}_{what}/{label}": 0 for level in _LEVELS for what in ("hits", "total") for label in classes}
+    for (logits, utterance_logits), label in zip(scored, labels):
+        counts[f"frame_hits/{label}"] += int((logits.argmax(1) == label).sum())
+        counts[f"frame_total/{label}"] += len(logits)
         counts[f"utterance_hits/{label}"] += int(utterance_logits.argmax() == label)
         counts[f"utterance_total/{label}"] += 1
     counts = distributed.sum_over_ranks(job, counts)
-    return {name: value for level in _LEVELS for name, value in _accuracy_and_ua(counts, level, set(labels)).items()}
+    return {name: value for level in _LEVELS for name, value in _accuracy_and_ua(counts, level, classes).items()}
 
 
 def _accuracy_and_ua(counts: dict, level: str, labels: set[int]) -> dict:

@@ -16,6 +16,7 @@ SEGMENT_SECONDS = 1
 SEGMENT_VIDEO_FRAMES = SEGMENT_SECONDS * VIDEO_FPS  # 25
 SEGMENT_SPEC_FRAMES = SEGMENT_SECONDS * SPEC_FRAMES_PER_SECOND  # 100
 NORMALISATIONS = ("utterance", "frequency-bin")
+PCM_SCALE = 32768.0  # stage 0's waveform store holds 16-bit PCM: sample / PCM_SCALE lies in [-1, 1)
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,8 @@ def open_writer(schema: StoreSchema, store: Path, backend: str, overwrite: bool,
 def finish(out: Path, listing: Listing, skipped: list[tuple[str, str]], stores: list[Path], faces: dict) -> dict:
     """Write manifest, skipped.tsv, dataset.json and prepare.json from the stores, then mark each store (or each of
     its parts) complete with the manifest's hash; returns prepare.json. `stores`: the spectrogram store, then the face
-    store if there is one; `faces`: prepare.json's account of the face crops."""
+    store if there is one, then the waveform store if there is one; `faces`: prepare.json's account of the face
+    crops (None without a face store)."""
     skipped_keys = {key for key, _ in skipped}
     kept = [u for u in listing.utterances if u.key not in skipped_keys]
     for store in stores:
@@ -151,7 +152,7 @@ def finish(out: Path, listing: Listing, skipped: list[tuple[str, str]], stores: 
     with open_store(stores[0], require_complete=False) as spectrograms:
         # 4 spectrogram rows per video frame (checked per clip when decoded), whatever the face store's encoding
         frames = {u.key: spectrograms.length(u.key, "spectrogram") // SPEC_FRAMES_PER_VIDEO_FRAME for u in kept}
-    audio_only = len(stores) == 1
+    audio_only = faces["faces"] is None
     entries = [Entry(u.key, u.label, u.split if u.split in IDENTIFICATION_SPLITS else "none", frames[u.key],
                      frames[u.key] / VIDEO_FPS, str(u.audio_path if audio_only else u.video_path)) for u in kept]
     kept_trials = [t for t in listing.trials if t.enrol not in skipped_keys and t.test not in skipped_keys]

@@ -34,3 +34,16 @@ class TeacherStep(nn.Module):
         _, logits = self.teacher.forward_window(frames) if self.sequential else self.teacher(frames)
         loss = F.cross_entropy(logits, labels)
         return Losses(loss, loss, loss.new_zeros(()), logits)
+
+
+class AudioTeacherStep(nn.Module):
+    """An audio teacher's CE on every grid frame of its crops (each frame is labelled with its utterance's class)."""
+
+    def __init__(self, teacher: nn.Module):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, audio: torch.Tensor, labels: torch.Tensor) -> Losses:
+        _, logits = self.teacher(audio)  # (B, T, C)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(logits.shape[1]))
+        return Losses(loss, loss, loss.new_zeros(()), logits.mean(dim=1))

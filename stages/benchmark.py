@@ -10,12 +10,11 @@ holds), each with 1/N of the CPU threads; several hosts sharing the work directo
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tomli_w
@@ -24,13 +23,11 @@ from tqdm import tqdm
 
 from cache import locks
 from pipeline import config as config_io
-from pipeline import runs
-from pipeline.benchmark import spec as spec_io
-from pipeline.benchmark.report import write_report
-from pipeline.cells import check_finished_run, grid
-from pipeline.datasets.synthetic import GENERATOR_VERSION, SynthConfig, synthesize
+from pipeline.cells import grid
+from pipeline.datasets.synthetic import SynthConfig, synthesize_or_reuse
 from pipeline.errors import UserError
-from pipeline.training import FINISHED_MARKER, LAST_CHECKPOINT
+from pipeline.evidence import spec as spec_io
+from pipeline.evidence.report import write_report
 from stages import export_embeddings, prepare, protocol, sweep, train_teacher
 from stages.benchmark_studies import corpus_root, protocol_config, read_results, study_sweeps, temperature_choice
 
@@ -130,8 +127,6 @@ def synth_config(spec: spec_io.BenchmarkSpec, name: str) -> SynthConfig:
 def prepare_config(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> prepare.PrepareConfig:
     root = corpus_root(cfg.work, spec.synth_corpus(name))
     settings = {"root": root, "run_dir": cfg.work / name / "run", "num_workers": 0, **spec.corpora[name].prepare}
-    if settings.get("faces") == "boxes":
-        settings.setdefault("boxes_dir", root / "boxes")
     return config_io.build(prepare.PrepareConfig, settings, source=f"benchmark corpus {name}: prepare")
 
 
@@ -145,20 +140,10 @@ def teacher_config(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str)
 
 
 def make_corpus(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> Path:
-    """Synthesise corpus entry `name`, or reuse it if speakers.json records the same settings (written last, so
-    a corpus without it was interrupted and is written again)."""
+    """Synthesise corpus entry `name`, or reuse it if it was made with the same settings."""
     root = corpus_root(cfg.work, name)
-    synth_cfg = synth_config(spec, name)
-    with locks.hold(locks.inside(root.parent)):
-        recorded = root / "speakers.json"
-        if recorded.exists():
-            made = json.loads(recorded.read_text())
-            if made.get("config") == asdict(synth_cfg) and made.get("generator_version") == GENERATOR_VERSION:
-                return root
-            raise config_io.ConfigError(f"{root}: holds a corpus made with other settings (speakers.json); remove "
-                                        "it or give the benchmark another --work")
-        tqdm.write(f"benchmark: synthesising corpus {name} → {root}")
-        return synthesize(root, synth_cfg)
+    with locks.hold(locks.inside(root.parent)):  # another --jobs process may be writing it
+        return synthesize_or_reuse(root, synth_config(spec, name), f"benchmark corpus {name}")
 
 
 def make_run(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> None:
@@ -169,12 +154,8 @@ def make_run(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> No
         return
     prepare.run(prepare_config(cfg, spec, name))
     teacher_cfg = teacher_config(cfg, spec, name)
-    out = runs.teacher_dir(teacher_cfg.resolved_run_dir)
-    if (out / FINISHED_MARKER).exists():
-        check_finished_run(out, teacher_cfg, "give the benchmark another --work, or remove the teacher to retrain")
-    else:
-        tqdm.write(f"benchmark: training the teacher of {name}")
-        train_teacher.run(replace(teacher_cfg, resume=(out / LAST_CHECKPOINT).exists()))
+    train_teacher.run_or_reuse(teacher_cfg, "give the benchmark another --work, or remove the teacher to retrain",
+                               f"benchmark corpus {name}")
     export_embeddings.run(config_io.build(export_embeddings.ExportConfig, {
         "run_dir": teacher_cfg.resolved_run_dir, "device": cfg.device, "num_workers": 0}, f"benchmark corpus {name}"))
 

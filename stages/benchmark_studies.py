@@ -1,6 +1,6 @@
 """`avl benchmark`'s studies as stage configs: a study as `avl sweep` configs (or, for an emotion study, an `avl
 protocol` config), its finished students as rows, the soft-label temperature a temperature study chooses on
-validation accuracy, and everything the report reads (pipeline/benchmark/report.py's Results)."""
+validation accuracy, and everything the report reads (pipeline/evidence/report.py's Results)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.benchmark.report import Results
-from pipeline.benchmark.spec import BenchmarkSpec, StudySpec
 from pipeline.cells import collect, grid
+from pipeline.evidence.report import Results
+from pipeline.evidence.spec import BenchmarkSpec, StudySpec
 from pipeline.report import mean_std
 from stages import protocol
 from stages.sweep import SweepConfig
@@ -50,18 +50,15 @@ def study_sweeps(work: Path, spec: BenchmarkSpec, study: StudySpec, device: str,
 
 def protocol_config(work: Path, spec: BenchmarkSpec, study: StudySpec, device: str):
     """An emotion study's `avl protocol` config: the benchmark's student settings, the study's λ and method, and
-    its `protocol` table (folds, teacher_epochs, stage options); --faces boxes crops around the true boxes."""
+    its `protocol` table (folds, teacher_epochs, stage options)."""
     root = corpus_root(work, study.corpus)
     settings = dict(study.protocol)
-    prepare_options = tuple(settings.pop("prepare_options", ()))
-    if any(option.replace(" ", "").startswith("faces=") and "boxes" in option for option in prepare_options):
-        prepare_options += (f"boxes_dir='{root / 'boxes'}'",)
     student_options = tuple(settings.pop("student_options", ())) + _options(spec.student)
     return config_io.build(protocol.ProtocolConfig, {
         "dataset": "ravdess", "root": root, "run_dir": work / study.corpus / "protocol", "lambdas": study.lambdas,
         "method": study.methods[0], "arch": spec.arch, "tiny": spec.tiny, "epochs": spec.epochs,
         "batch_size": spec.batch_size, "crop_seconds": spec.crop_seconds, "student_options": student_options,
-        "prepare_options": prepare_options, "num_workers": 0, "device": device, **settings},
+        "num_workers": 0, "device": device, **settings},
         source=f"benchmark study {study.name}: protocol")
 
 
@@ -86,9 +83,10 @@ def study_rows(work: Path, spec: BenchmarkSpec, study: StudySpec, temperature: f
         return _protocol_rows(work, spec, study)[0]
     rows = []
     for sweep_cfg in study_sweeps(work, spec, study, "cpu", temperature):
+        trained_with = config_io.parse_options(sweep_cfg.student_options, f"sweep {sweep_cfg.name}: student option")
         for row in collect(sweep_cfg, grid(sweep_cfg)):
-            if study.role == "temperature":
-                row["temperature"] = float(sweep_cfg.name.rpartition("-T")[2])
+            if study.role == "temperature":  # the soft-label T its students trained with
+                row["temperature"] = float(trained_with["temperature"])
             rows.append(row)
     return rows
 

@@ -7,16 +7,15 @@ about 10 minutes on 2 CPU cores; two seeds are too few for a claim, which result
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pipeline import config as config_io
 from pipeline import runs
-from pipeline.datasets.synthetic import GENERATOR_VERSION, SynthConfig, synthesize
+from pipeline.datasets.synthetic import SynthConfig, synthesize_or_reuse
 from pipeline.report import MISSING, markdown_table, mean_std
 from stages import export_embeddings, prepare, train_student, train_teacher
 
@@ -59,20 +58,6 @@ class DemoConfig:
             raise config_io.ConfigError(f"demo: size must be one of {sorted(SIZES)}, got {self.size!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise config_io.ConfigError(f"demo: seeds must be distinct and at least one, got {list(self.seeds)}")
-
-
-def _corpus(cfg: DemoConfig) -> Path:
-    """Synthesise the corpus, or reuse one made earlier with exactly the same settings."""
-    root = cfg.work / "corpus"
-    synth_cfg = config_io.build(SynthConfig, {**SIZES[cfg.size]["synth"], "seed": cfg.seed}, source="demo")
-    recorded = root / "speakers.json"
-    if recorded.exists():
-        made = json.loads(recorded.read_text())
-        if made.get("config") == asdict(synth_cfg) and made.get("generator_version") == GENERATOR_VERSION:
-            tqdm.write(f"demo: reusing the corpus in {root} (same settings)")
-            return root
-        raise RuntimeError(f"{root}: holds a corpus made with other settings; remove it or pick another --work")
-    return synthesize(root, synth_cfg)
 
 
 def results_table(rows: list[dict]) -> str:
@@ -118,11 +103,9 @@ def run(cfg: DemoConfig) -> Path:
     run_dir = cfg.work / "run"
     common = {"run_dir": run_dir, "num_workers": cfg.num_workers}
 
-    root = _corpus(cfg)
-    prepare_settings = dict(size.get("prepare", {}))
-    if prepare_settings.get("faces") == "boxes":
-        prepare_settings["boxes_dir"] = root / "boxes"
-    prepare.run(config_io.build(prepare.PrepareConfig, {"root": root, **common, **prepare_settings}, "demo"))
+    synth_cfg = config_io.build(SynthConfig, {**size["synth"], "seed": cfg.seed}, source="demo")
+    root = synthesize_or_reuse(cfg.work / "corpus", synth_cfg, "demo")
+    prepare.run(config_io.build(prepare.PrepareConfig, {"root": root, **common, **size.get("prepare", {})}, "demo"))
     teacher_out = train_teacher.run(config_io.build(
         train_teacher.TeacherConfig, {**common, "tiny": True, "device": cfg.device, "seed": cfg.seed, "overwrite": True, **size["teacher"]},
         "demo"))

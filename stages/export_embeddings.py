@@ -18,6 +18,11 @@ student's crop of it is repeat-padded.
 `layers` adds named inner layers of the teacher's frame encoder (`trunk.*`) as fields of the same cache: each
 averaged over its spatial axes per frame, then per segment and at the peak frame as the embedding is
 (cache/layers.py). Without it the cache is the one the paper's method reads, field for field.
+
+An audio teacher (pipeline/models/audio_teachers.py) runs on each whole utterance's clean audio as stage 0 stored
+it, one utterance at a time; its steps are mapped onto the same 25 fps grid (`frames` has the manifest's frame count),
+so its cache has the same fields and a student reads it as a video teacher's. Its `--layers` are module names under
+`backbone`, mapped onto the grid the same way.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from cache.schema import raise_problems
 from cache.store import StoreError, open_for_append, open_store
 from pipeline import checkpoints, runs
 from pipeline import config as config_io
+from pipeline.audio_teacher import CleanAudio, audio_teacher_outputs
 from pipeline.data import GroupFrames, teacher_groups
 from pipeline.datasets.base import SPLITS
 from pipeline.datasets.registry import DATASETS
@@ -46,6 +52,7 @@ from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
 from pipeline.manifest import manifest_hash, read_manifest
 from pipeline.runs import STORE_SUFFIX, find_store
 from pipeline.layers import resolve_layers
+from pipeline.models.audio_teachers import AudioTeacher
 from pipeline.targets import teacher_layer_outputs, utterance_targets, window_targets
 from pipeline.training import autocast, autocast_dtype
 
@@ -74,7 +81,7 @@ class ExportConfig:
     overwrite: bool = field(default=False, metadata={"help": "Replace a cache made by another teacher."})
     # most commits rewrite the last, partly filled zarr shard, so frequent commits cost write bandwidth
     commit_seconds: float = field(default=30.0, metadata={
-        "help": "Commit written utterances at least this often; 0: after every teacher group."})
+        "help": "Commit written utterances at least this often; 0: after every utterance."})
     part: int | None = field(default=None, metadata={
         "help": "Write part PART of NUM_PARTS into the directory --out (default: torchrun's RANK when "
                 "WORLD_SIZE > 1, else one whole store)."})
@@ -156,13 +163,50 @@ def _open_cache(cfg: ExportConfig, cache: LayeredTeacherCacheSpec):
     return cache.create(path, backend=cfg.store, overwrite=cfg.overwrite, part=part)
 
 
-def _layer_dims(teacher, layers: dict, face_size: int, device) -> dict[str, int]:
-    """Each layer's dimension (name → channels), from one blank face through the teacher."""
+def _layer_dims(teacher, layers: dict, face_size: int | None, device) -> dict[str, int]:
+    """Each layer's dimension (name → channels), from one blank face (or 1 s of silence) through the teacher."""
     if not layers:
         return {}
-    blank = torch.zeros(1, face_size, face_size, 3, dtype=torch.uint8)
-    _, _, rows = teacher_layer_outputs(teacher, blank, 1, device, layers)
+    if isinstance(teacher, AudioTeacher):
+        silence = np.zeros((100, 257) if teacher.input_kind == "spectrogram" else 16000, dtype=np.float32)
+        _, _, rows = audio_teacher_outputs(teacher, silence, SEGMENT_VIDEO_FRAMES, device, layers)
+    else:
+        blank = torch.zeros(1, face_size, face_size, 3, dtype=torch.uint8)
+        _, _, rows = teacher_layer_outputs(teacher, blank, 1, device, layers)
     return {name: int(rows[name].shape[1]) for name in layers}
+
+
+def _video_outputs(teacher, groups: list[list[str]], n_frames: dict[str, int], face_store: Path, cfg: ExportConfig,
+                   device, layers: dict, timing: dict):
+    """(key, per-frame embeddings, probabilities, layer rows) of every utterance of `groups`, one teacher group of
+    whole utterances per batch (`teacher_groups`: what makes a resumed export bit-identical)."""
+    loader = torch.utils.data.DataLoader(GroupFrames(face_store, groups, n_frames), batch_size=None,
+                                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    last = time.perf_counter()
+    for keys, lengths, frames in loader:
+        tick = time.perf_counter()
+        timing["reading"] += tick - last  # waiting for face frames from the store (the loader's workers)
+        embeddings, probabilities, layer_rows = teacher_layer_outputs(teacher, frames, cfg.batch_frames, device, layers)
+        timing["teacher"] += time.perf_counter() - tick
+        timing["frames"] += len(frames)
+        for key, stop, length in zip(keys, np.cumsum(lengths), lengths):
+            rows = slice(stop - length, stop)
+            yield key, embeddings[rows], probabilities[rows], {name: layer_rows[name][rows] for name in layers}
+        last = time.perf_counter()
+
+
+def _audio_outputs(teacher: AudioTeacher, groups: list[list[str]], n_frames: dict[str, int], clean: CleanAudio, device,
+                   layers: dict, timing: dict):
+    """The same for an audio teacher, one whole utterance at a time."""
+    for key in (key for group in groups for key in group):
+        tick = time.perf_counter()
+        inputs = clean.read(key)
+        timing["reading"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        embeddings, probabilities, layer_rows = audio_teacher_outputs(teacher, inputs, n_frames[key], device, layers)
+        timing["teacher"] += time.perf_counter() - tick
+        timing["frames"] += n_frames[key]
+        yield key, embeddings, probabilities, layer_rows
 
 
 # each rank writes its own part of a sharded cache, so each locks its own store
@@ -184,11 +228,19 @@ def run(cfg: ExportConfig) -> Path:
     if not entries:
         raise config_io.ConfigError(f"{prepared / 'manifest.tsv'}: no utterance is in the exported splits "
                                     f"{list(cfg.splits)}; set `splits` to the ones it has")
-    face_store = find_store(prepared, "faces")
-    faces = open_faces(face_store)  # raw or JPEG: GroupFrames decodes in the loader's workers
-    faces.close()
+    audio = isinstance(teacher, AudioTeacher)
+    if audio:
+        clean = CleanAudio(prepared, teacher.input_kind)
+        with open_store(clean.path) as inputs:
+            source, face_size = dict(inputs.attrs), None
+    else:
+        face_store = find_store(prepared, "faces")
+        faces = open_faces(face_store)  # raw or JPEG: GroupFrames decodes in the loader's workers
+        faces.close()
+        source, face_size = faces.attrs, faces.face_size
     precision = "bfloat16-autocast" if device.type == "cuda" else "float32"
-    layers = resolve_layers(teacher, cfg.layers or (), ("trunk",), f"export-embeddings --layers ({spec.arch} teacher)")
+    layers = resolve_layers(teacher, cfg.layers or (), ("backbone",) if audio else ("trunk",),
+                            f"export-embeddings --layers ({spec.arch} teacher)")
     cache = LayeredTeacherCacheSpec(
         teacher_fingerprint=fingerprint,
         teacher_arch=spec.arch,
@@ -204,12 +256,12 @@ def run(cfg: ExportConfig) -> Path:
         dtype=cfg.dtype,
         batch_frames=cfg.batch_frames,
         dataset=cfg.dataset,
-        dataset_root=faces.attrs.get("dataset_root"),
-        face_size=faces.attrs.get("face_size"),
-        face_crop=faces.attrs.get("crop"),
+        dataset_root=source.get("dataset_root"),
+        face_size=source.get("face_size"),
+        face_crop=source.get("crop"),
         manifest_sha256=manifest_hash(prepared),
         splits=tuple(split for split in SPLITS if split in cfg.splits),
-        layers=_layer_dims(teacher, layers, faces.face_size, device) or None,
+        layers=_layer_dims(teacher, layers, face_size, device) or None,
     )
     writer = _open_cache(cfg, cache)
     # saved once the cache is accepted, with the part resolved and without overwrite: the file is also
@@ -224,37 +276,25 @@ def run(cfg: ExportConfig) -> Path:
     writer.set_expected(n_keys, finish_with=f"avl stage export-embeddings --config {config_path}")
     todo = [group for group in groups if any(key not in writer for key in group)]
     n_frames = {e.key: e.n_video_frames for e in entries}
-    loader = torch.utils.data.DataLoader(
-        GroupFrames(face_store, todo, n_frames), batch_size=None, num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    teacher_seconds, reading_seconds, frames_done, exported, recomputed = 0.0, 0.0, 0, 0, 0
-    started = last = time.perf_counter()
+    timing = {"teacher": 0.0, "reading": 0.0, "frames": 0}
+    outputs = _audio_outputs(teacher, todo, n_frames, clean, device, layers, timing) if audio else \
+        _video_outputs(teacher, todo, n_frames, face_store, cfg, device, layers, timing)
+    exported, recomputed = 0, 0
+    started = time.perf_counter()
     autocast_to = autocast_dtype("auto", device)  # bf16 on CUDA, float32 on the CPU
     with tqdm(total=n_keys, initial=writer.committed, desc="export", unit="utt") as progress:
-        for keys, lengths, frames in loader:
-            tick = time.perf_counter()
-            reading_seconds += tick - last  # waiting for face frames from the store (the loader's workers)
-            embeddings, probabilities, layer_rows = teacher_layer_outputs(teacher, frames, cfg.batch_frames, device,
-                                                                          layers)
-            teacher_seconds += time.perf_counter() - tick
-            stops = np.cumsum(lengths)
-            for key, stop, length in zip(keys, stops, lengths):
-                if key in writer:  # committed before an interruption: computed again only to rebuild the batch
-                    recomputed += 1
-                    continue
-                rows = slice(stop - length, stop)
-                targets = utterance_targets(embeddings[rows], probabilities[rows],
-                                            {name: layer_rows[name][rows] for name in layers})
-                if spec.sequential:
-                    with torch.inference_mode(), autocast(autocast_to, device):
-                        targets.update(window_targets(teacher, targets["frames"], window_seconds, device))
-                writer.write(key, targets)
-                exported += 1
-                progress.update()
+        for key, embeddings, probabilities, layer_rows in outputs:
+            if key in writer:  # committed before an interruption: computed again only to rebuild the batch
+                recomputed += 1
+                continue
+            targets = utterance_targets(embeddings, probabilities, layer_rows)
+            if spec.sequential:
+                with torch.inference_mode(), autocast(autocast_to, device):
+                    targets.update(window_targets(teacher, targets["frames"], window_seconds, device))
+            writer.write(key, targets)
+            exported += 1
+            progress.update()
             writer.flush_if_due(cfg.commit_seconds)
-            frames_done += len(frames)
-            last = time.perf_counter()
     writer.mark_complete()
     writer.close()
     elapsed = time.perf_counter() - started
@@ -267,14 +307,14 @@ def run(cfg: ExportConfig) -> Path:
         "utterances_recomputed": recomputed,
         "utterances_total": n_keys,
         "teacher_groups": len(todo),
-        "frames": frames_done,
+        "frames": timing["frames"],
         "seconds": elapsed,
-        "frames_per_second": frames_done / elapsed if elapsed > 0 else None,
-        "teacher_share": teacher_seconds / elapsed if elapsed > 0 else None,
-        "read_share": reading_seconds / elapsed if elapsed > 0 else None,
+        "frames_per_second": timing["frames"] / elapsed if elapsed > 0 else None,
+        "teacher_share": timing["teacher"] / elapsed if elapsed > 0 else None,
+        "read_share": timing["reading"] / elapsed if elapsed > 0 else None,
         # targets, commits and the final mark_complete
-        "write_share": (elapsed - teacher_seconds - reading_seconds) / elapsed if elapsed > 0 else None,
+        "write_share": (elapsed - timing["teacher"] - timing["reading"]) / elapsed if elapsed > 0 else None,
     }
     runs.write_json(out.parent / f"{out.name}.export.json", stats)
-    tqdm.write(f"export-embeddings: {frames_done} frames of {exported} utterances in {elapsed:.1f}s → {out}")
+    tqdm.write(f"export-embeddings: {timing['frames']} frames of {exported} utterances in {elapsed:.1f}s → {out}")
     return out

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from cache.backends import DISK_BACKENDS
-from cache.schema import FaceStoreSpec, SpectrogramStoreSpec
+from cache.schema import FaceStoreSpec, SpectrogramStoreSpec, WaveformStoreSpec
 from pipeline import config as config_io
 from pipeline import distributed, prepare_parts, runs
 from pipeline.datasets.base import Utterance
@@ -21,6 +21,7 @@ from pipeline.datasets.registry import DATASETS, open_dataset
 from pipeline.face_store import DEFAULT_JPEG_QUALITY, FACE_ENCODINGS
 from pipeline.features import (
     NORMALISATIONS,
+    PCM_SCALE,
     SPEC_FRAMES_PER_VIDEO_FRAME,
     VIDEO_FPS,
     LogSpectrogram,
@@ -77,10 +78,12 @@ class PrepareConfig(EmotionCorpusOptions):
                 "out, so verification is on unseen speakers); recorded in dataset.json."})
     audio_only_ok: bool | None = field(default=None, metadata={"help": "List utterances that have no video."})
     boxes_dir: Path | None = field(default=None, metadata={
-        "help": "Per-frame face boxes (x0 y0 x1 y1) instead of centre crops."})
+        "help": "Per-frame face boxes (x0 y0 x1 y1) instead of centre crops (default with --faces boxes: ROOT/boxes, "
+                "where a version 2 synthetic corpus has its true boxes)."})
     faces: str | None = field(default=None, metadata={
-        "help": "How faces are cut out: centre, boxes (from --boxes-dir) or detect (a face detector; the boxes it "
-                "used go to PREPARE/boxes/, for --boxes-dir); default: boxes with --boxes-dir, else centre.",
+        "help": "How faces are cut out: centre, boxes (from --boxes-dir, default ROOT/boxes) or detect (a face "
+                "detector; the boxes it used go to PREPARE/boxes/, for --boxes-dir); default: boxes with --boxes-dir, "
+                "else centre.",
         "choices": FACE_MODES})
     detect_every: int = field(default=5, metadata={
         "help": "--faces detect: run the detector on every Nth video frame (25 fps).", "min": 1})
@@ -89,6 +92,10 @@ class PrepareConfig(EmotionCorpusOptions):
     min_face_found: float = field(default=0.5, metadata={
         "help": "--faces detect: a clip whose face is found in fewer of the searched frames is bad media "
                 "(--on-error decides).", "above": 0.0, "max": 1.0})
+    waveforms: bool = field(default=False, metadata={
+        "help": "Also store each utterance's 16 kHz waveform (16-bit PCM, aligned to the spectrogram: 640 samples per "
+                "video frame): what an audio teacher on raw audio (wav2vec2, hubert) and a student trained on "
+                "degraded audio (train-student --degrade) read."})
     audio_only: bool = field(default=False, metadata={
         "help": "Spectrograms and manifest only, no face store: corpora without video, for λ = 0 students and "
                 "evaluation."})
@@ -118,9 +125,9 @@ class PrepareConfig(EmotionCorpusOptions):
                                         f"got {self.face_encoding!r}")
         if self.faces not in (None, *FACE_MODES):
             raise config_io.ConfigError(f"prepare: faces must be one of {FACE_MODES}, got {self.faces!r}")
-        if (self.faces == "boxes") != (self.boxes_dir is not None) and self.faces is not None:
-            raise config_io.ConfigError("prepare: --faces boxes reads --boxes-dir, and --boxes-dir needs --faces boxes "
-                                        f"(got faces={self.faces!r}, boxes_dir={self.boxes_dir})")
+        if self.boxes_dir is not None and self.faces not in (None, "boxes"):
+            raise config_io.ConfigError(f"prepare: --boxes-dir needs --faces boxes (got faces={self.faces!r}, "
+                                        f"boxes_dir={self.boxes_dir})")
         if self.audio_only and (self.faces is not None or self.boxes_dir is not None):
             raise config_io.ConfigError("prepare: --audio-only writes no face store; drop --faces and --boxes-dir")
         if self.part is not None and (self.num_parts is None or not 0 <= self.part < self.num_parts):
@@ -169,8 +176,19 @@ class PrepareConfig(EmotionCorpusOptions):
                 "quality": self.jpeg_quality if self.face_encoding == "jpeg" else None}
 
 
+def resolve_boxes_dir(cfg: PrepareConfig) -> PrepareConfig:
+    """`cfg` with ROOT/boxes as the boxes of --faces boxes when no --boxes-dir is given."""
+    if cfg.faces != "boxes" or cfg.boxes_dir is not None:
+        return cfg
+    return replace(cfg, boxes_dir=Path(cfg.root) / "boxes")
+
+
 def spectrogram_store_path(directory: Path, backend: str) -> Path:
     return directory / f"spectrograms{STORE_SUFFIX[backend]}"
+
+
+def waveform_store_path(directory: Path, backend: str) -> Path:
+    return directory / f"waveforms{STORE_SUFFIX[backend]}"
 
 
 def face_store_path(directory: Path, backend: str) -> Path:
@@ -191,7 +209,7 @@ def save_boxes(directory: Path, key: str, boxes: np.ndarray) -> None:
 
 class _DecodeUtterances(torch.utils.data.Dataset):
     """Decodes one utterance per item in a DataLoader worker: (key, spectrogram, its face crops as the face store's
-    fields (encoded) or None, detected crop boxes or None, error)."""
+    fields (encoded) or None, detected crop boxes or None, its 16-bit waveform (--waveforms) or None, error)."""
 
     def __init__(self, utterances: list[Utterance], cfg: PrepareConfig):
         self.utterances = utterances
@@ -206,7 +224,7 @@ class _DecodeUtterances(torch.utils.data.Dataset):
         try:
             clip = load_audio_only(utterance) if self.cfg.audio_only else load_clip(utterance, self.cfg.face_settings)
         except MediaError as error:
-            return utterance.key, None, None, None, str(error)
+            return utterance.key, None, None, None, None, str(error)
         with torch.no_grad():
             spectrogram = self.spectrogram(torch.from_numpy(clip.audio)).numpy().astype(np.float16)
         if len(spectrogram) != SPEC_FRAMES_PER_VIDEO_FRAME * clip.n_video_frames:
@@ -214,7 +232,15 @@ class _DecodeUtterances(torch.utils.data.Dataset):
                                  f"{clip.n_video_frames} video frames")
         faces = None if clip.faces is None else FACE_ENCODINGS[self.cfg.face_encoding].encode(
             clip.faces, self.cfg.face_storage["quality"])  # the fields to write: encoded here, in the worker
-        return utterance.key, spectrogram, faces, clip.boxes, None
+        # the samples the spectrogram's rows cover: 160 per row, 640 per video frame
+        waveform = pcm16(clip.audio[: len(spectrogram) * self.spectrogram.stft.hop_length]) if self.cfg.waveforms \
+            else None
+        return utterance.key, spectrogram, faces, clip.boxes, waveform, None
+
+
+def pcm16(audio: np.ndarray) -> np.ndarray:
+    """float samples in [-1, 1] → 16-bit PCM (what `pipeline.degraded_audio` and the audio teachers read back)."""
+    return np.clip(np.round(audio * PCM_SCALE), -32768, 32767).astype(np.int16)
 
 
 def _one_thread_per_worker(_worker_id: int) -> None:
@@ -227,12 +253,14 @@ def _one_thread_per_worker(_worker_id: int) -> None:
 def run(cfg: PrepareConfig) -> Path:
     """Decode, featurise and store every utterance the protocol uses (or this part's share); returns the prepare
     directory."""
+    cfg = resolve_boxes_dir(cfg)  # before config.toml records it
     out = runs.prepare_dir(cfg.resolved_run_dir)
     out.mkdir(parents=True, exist_ok=True)
     # under torchrun the ranks meet at a barrier once every part is decoded: allow for parts ending hours apart
     job = distributed.setup(torch.device("cpu"), timeout=timedelta(days=7)) if cfg.by_torchrun else None
     part, num_parts = cfg.resolved_part, cfg.resolved_num_parts
-    stores = [spectrogram_store_path(out, cfg.store), *([] if cfg.audio_only else [face_store_path(out, cfg.store)])]
+    stores = [spectrogram_store_path(out, cfg.store), *([] if cfg.audio_only else [face_store_path(out, cfg.store)]),
+              *([waveform_store_path(out, cfg.store)] if cfg.waveforms else [])]
     config_path = out / CONFIG
     prepare_parts.refuse_mixing(stores, num_parts, config_path)
 
@@ -268,7 +296,9 @@ def run(cfg: PrepareConfig) -> Path:
         **source, face_size=cfg.face_size, crop=cfg.face_settings.describe(), **cfg.face_storage)
     faces = None if face_schema is None else prepare_parts.open_writer(
         face_schema, stores[1], cfg.store, cfg.overwrite, rebuild, part)
-    writers = [writer for writer in (spectrograms, faces) if writer is not None]
+    waveforms = prepare_parts.open_writer(WaveformStoreSpec(**source, sample_rate=params.sample_rate), stores[-1],
+                                          cfg.store, cfg.overwrite, rebuild, part) if cfg.waveforms else None
+    writers = [writer for writer in (spectrograms, faces, waveforms) if writer is not None]
     # saved once the stores are accepted, without overwrite or part: the file is also the command that finishes
     # the stores (with --part I, a part), and finishing must resume them, not wipe them
     prepare_parts.save_config(replace(cfg, overwrite=False, part=None, num_parts=num_parts), config_path)
@@ -287,7 +317,7 @@ def run(cfg: PrepareConfig) -> Path:
         num_workers=cfg.num_workers,
         worker_init_fn=_one_thread_per_worker,
     )
-    for key, spectrogram, face_values, boxes, error in tqdm(loader, total=len(todo), desc="prepare", unit="utt"):
+    for key, spectrogram, face_values, boxes, waveform, error in tqdm(loader, total=len(todo), desc="prepare", unit="utt"):
         if error is not None:
             if cfg.on_error == "stop":
                 raise MediaError(f"{error}\n(pass --on-error skip to skip such files and record them)")
@@ -300,6 +330,8 @@ def run(cfg: PrepareConfig) -> Path:
             save_boxes(boxes_dir(out), key, boxes.numpy())
         if faces is not None and key not in faces.keys:
             faces.write(key, {name: values.numpy() for name, values in face_values.items()})
+        if waveforms is not None and key not in waveforms.keys:
+            waveforms.write(key, {"waveform": waveform.numpy()})
         for writer in writers:
             writer.flush_if_due(cfg.commit_seconds)
     for writer in writers:

@@ -32,7 +32,7 @@ from pipeline.distill import LEVELS, METHODS
 from pipeline.folds import prepare_fold, stores_complete
 from pipeline.manifest import manifest_hash, read_manifest
 from pipeline.models.students import STUDENTS
-from pipeline.models.teachers import TEACHERS
+from pipeline.models.teachers import TEACHER_ARCHS
 from pipeline.report import (
     FOLD_CSV_COLUMNS,
     REPORTED,
@@ -48,7 +48,7 @@ from pipeline.report import (
     write_csv,
     write_markdown,
 )
-from pipeline.training import FINISHED_MARKER, LAST_CHECKPOINT
+from pipeline.training import FINISHED_MARKER
 from stages import export_embeddings, prepare, sweep, train_student, train_teacher
 
 FOLD_DATASETS = ("ravdess", "iemocap")  # the adapters with subject-independent folds (their `folds()`)
@@ -81,7 +81,7 @@ class ProtocolConfig(EmotionCorpusOptions):
         "help": "Distillation level: encoder and aggregator train a sequential teacher on crop-length windows.",
         "choices": LEVELS})
     arch: str = field(default="resnet", metadata={"help": "Student architecture.", "choices": STUDENTS})
-    teacher_arch: str = field(default="resnet34", metadata={"help": "Teacher architecture.", "choices": TEACHERS})
+    teacher_arch: str = field(default="resnet34", metadata={"help": "Teacher architecture.", "choices": TEACHER_ARCHS})
     tiny: bool = field(default=False, metadata={"help": "Small teacher and student variants that train on a CPU."})
     epochs: int = field(default=50, metadata={
         "help": "Student epochs (and teacher epochs unless --teacher-epochs).", "min": 1})
@@ -169,8 +169,9 @@ def prepare_config(cfg: ProtocolConfig) -> prepare.PrepareConfig:
     values = {**config_io.parse_options(cfg.prepare_options, "protocol: prepare option"),
               "root": cfg.root, "dataset": cfg.dataset, "run_dir": shared_dir(cfg), **cfg.corpus_options(),
               "num_workers": cfg.num_workers}
-    return config_io.build(prepare.PrepareConfig, {k: v for k, v in values.items() if v is not None},
-                           source="protocol prepare")
+    # as stage 0 records it, so a finished shared prepare/ compares equal
+    return prepare.resolve_boxes_dir(config_io.build(
+        prepare.PrepareConfig, {k: v for k, v in values.items() if v is not None}, source="protocol prepare"))
 
 
 def teacher_config(cfg: ProtocolConfig, fold: int) -> train_teacher.TeacherConfig:
@@ -248,16 +249,8 @@ def run_fold(cfg: ProtocolConfig, fold: int, label: str) -> None:
 
     directory = fold_dir(cfg, fold)
     prepared = runs.prepare_dir(directory)
-    teacher_cfg = teacher_config(cfg, fold)
-    teacher_out = runs.teacher_dir(directory)
-    if (teacher_out / FINISHED_MARKER).exists():
-        cells.check_finished_run(teacher_out, teacher_cfg,
-                                 f"remove {directory} to redo the fold, or use another --run-dir")
-        say("teacher finished earlier, reused")
-    else:
-        resume = (teacher_out / LAST_CHECKPOINT).exists()
-        say("training the teacher" + (" (resuming)" if resume else ""))
-        train_teacher.run(replace(teacher_cfg, resume=resume))
+    teacher_out = train_teacher.run_or_reuse(
+        teacher_config(cfg, fold), f"remove {directory} to redo the fold, or use another --run-dir", label)
     fingerprint = runs.read_json(teacher_out / FINISHED_MARKER)["teacher_fingerprint"]
 
     export_cfg = export_config(cfg, fold)

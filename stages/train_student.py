@@ -24,11 +24,12 @@ from pipeline.errors import MissingInputError
 from pipeline import config as config_io
 from pipeline.controls import CONTROLS, PROBABILITY_TARGETS, controlled_targets
 from pipeline.data import WINDOW_TARGETS, Crops, MultiCrops, target_field
+from pipeline import degraded_audio as degrade_io
 from pipeline.datasets.registry import dataset_crop_seconds
 from pipeline.trial_speakers import check_prepared
 from pipeline.distill import LEVELS, METHODS, build_method
 from pipeline.evaluate import identification, verification
-from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, VIDEO_FPS
+from pipeline.features import SEGMENT_SECONDS, SEGMENT_VIDEO_FRAMES, VIDEO_FPS, SpectrogramParams
 from pipeline.manifest import MANIFEST, Entry, manifest_hash, read_classes, read_manifest, read_splits, read_trials
 from pipeline.models.spec import ModelSpec
 from pipeline.models.students import STUDENTS, build_student
@@ -87,6 +88,13 @@ class StudentConfig(TrainingConfig):
                 "export-embeddings --layers), target=KIND (crop-peak, utterance-peak, segments, aggregator), "
                 "distance=mse|cosine, from=embedding|STUDENT_LAYER, projection=linear|identity, expect_teacher=HEX.",
         "repeatable": True})
+    degrade: str | None = field(default=None, metadata={
+        "help": "Train and evaluate on degraded audio while the teachers' caches stay what they computed from the clean "
+                "recordings: steps noise=SNR_DB, lowpass=HZ, bandpass=LOW-HIGH, mulaw=BITS applied in order to stage "
+                "0's waveforms (`prepare --waveforms`), e.g. noise=5,bandpass=300-3400,mulaw=8."})
+    degrade_seed: int = field(default=0, metadata={
+        "help": "--degrade: seed of each utterance's noise (with its key), apart from --seed, so students of "
+                "different seeds hear the same degraded audio."})
     ensemble: str = field(default="sum", metadata={
         "help": "With --distil: sum (Σλ_i D_i, a projection per target) or mean-target (Σλ·D to the λ-weighted "
                 "mean of the targets, which must share one dimension).", "choices": ENSEMBLES})
@@ -114,6 +122,8 @@ class StudentConfig(TrainingConfig):
             raise config_io.ConfigError("train-student: --distil routes embedding targets as the proposed method "
                                         f"does; it takes --method proposed and --control none, not --method "
                                         f"{self.method} --control {self.control}")
+        if self.degrade is not None:
+            degrade_io.parse(self.degrade)  # a malformed step is refused before anything runs
         if self.distil:
             _ = self.distil_targets  # parsed now: a bad --distil or Σλ_i > 1 is refused before anything runs
         if self.expect_teacher is not None and not re.fullmatch(r"[0-9a-f]{12,64}", self.expect_teacher):
@@ -147,6 +157,7 @@ class StudentConfig(TrainingConfig):
         if self.name:
             return self.name
         variant = [part for part, default in ((self.arch, "resnet"), (self.level, "non-sequential")) if part != default]
+        variant += ["degraded"] if self.degrade else []
         if self.distil:
             total = sum(target.lam for target in self.distil_targets)
             return "-".join([*variant, f"distil{len(self.distil)}", self.ensemble, f"lambda{total:g}", f"seed{self.seed}"])
@@ -289,9 +300,15 @@ def run(cfg: StudentConfig) -> Path:
         cache = open_checked_cache(cache_path, classes, train, cfg.expect_teacher, target_kind, cfg.crop_seconds)
         fingerprint, embed_dim = cache.attrs["teacher_fingerprint"], int(cache.attrs["embed_dim"])
         cache.close()
+    waveforms = degrade_io.waveform_store(prepared) if cfg.degrade else None  # refused before the run is claimed
     device, job, resume_from = start_training(cfg, out)
     spectrogram_path = find_store(prepared, "spectrograms")
     spectrograms = open_store(spectrogram_path)
+    if cfg.degrade:  # every read below (training crops, validation, test, trials) hears the degraded copy
+        params = SpectrogramParams(**spectrograms.attrs["spectrogram"])
+        spectrograms.close()
+        spectrograms = spectrogram_path = degrade_io.DegradedSpectrograms(waveforms, cfg.degrade, cfg.degrade_seed,
+                                                                          params)
 
     spec = ModelSpec(cfg.arch, cfg.tiny, len(classes), embed_dim, cfg.sequential)
     model = build_student(spec).to(device)
@@ -345,6 +362,7 @@ def run(cfg: StudentConfig) -> Path:
         "verification": verification(model, spectrograms, trials, device, job),
         "trial_speakers_in_training": len(trial_speakers_in_training),
         "crop_seconds": cfg.crop_seconds,
+        "degrade": {"steps": cfg.degrade, "seed": cfg.degrade_seed} if cfg.degrade else None,
         "train_seconds": sum(row["seconds"] for row in history),
         "processes": job.world_size,
         "precision": str(autocast).removeprefix("torch.") if autocast else "float32",

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from pipeline.benchmark import spec as spec_io
-from pipeline.benchmark.claims import better, no_harm
-from pipeline.benchmark.stats import Paired, format_paired, paired, t975
 from pipeline.config import ConfigError
+from pipeline.evidence import spec as spec_io
+from pipeline.evidence.claims import better, no_harm
+from pipeline.evidence.stats import Paired, format_paired, paired, t975
 from stages import benchmark
 
 _SYNTH = {"speakers": 3, "verification_speakers": 2, "utterances": 8, "videos_per_speaker": 4, "min_seconds": 1.2,

@@ -171,8 +171,10 @@ def test_stage0_detects_skips_faceless_clips_and_repeats_with_the_boxes_it_wrote
 
 
 def test_face_options_are_checked(tmp_path: Path) -> None:
-    with pytest.raises(config_io.ConfigError, match="boxes-dir"):
-        config_io.build(prepare.PrepareConfig, {"root": tmp_path, "faces": "boxes"})
+    boxes = config_io.build(prepare.PrepareConfig, {"root": tmp_path, "faces": "boxes"})
+    assert prepare.resolve_boxes_dir(boxes).boxes_dir == tmp_path / "boxes"  # the default, recorded in config.toml
+    given = config_io.build(prepare.PrepareConfig, {"root": tmp_path, "faces": "boxes", "boxes_dir": tmp_path / "b"})
+    assert prepare.resolve_boxes_dir(given) == given
     with pytest.raises(config_io.ConfigError, match="boxes-dir"):
         config_io.build(prepare.PrepareConfig, {"root": tmp_path, "faces": "detect", "boxes_dir": tmp_path})
     with pytest.raises(config_io.ConfigError, match="faces"):

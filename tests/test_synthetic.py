@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.datasets.synthetic import SynthConfig, synthesize
+from pipeline.config import ConfigError
+from pipeline.datasets.synthetic import SynthConfig, synthesize, synthesize_or_reuse
 from pipeline.datasets.synthetic.voice import HOP, N_FFT, istft, stft
 from pipeline.datasets.voxceleb import VoxCeleb, read_iden_split, read_trials
 from pipeline.media import decode_audio, load_audio_visual, probe
@@ -100,6 +102,14 @@ def test_speakers_json_documents_the_truth(corpus: Path) -> None:
     voice = truth["speakers"]["id10004"]["voice"]
     assert truth["speakers"]["id10004"]["role"] == "verification"
     assert 80 <= voice["f0"] <= 230 and len(voice["formants"]) == 3
+
+
+def test_a_corpus_is_reused_only_with_the_settings_it_was_made_with(corpus: Path) -> None:
+    written = (corpus / "speakers.json").stat().st_mtime_ns
+    assert synthesize_or_reuse(corpus, TINY, "test") == corpus
+    with pytest.raises(ConfigError, match=f"{corpus}: holds a corpus made with other settings"):
+        synthesize_or_reuse(corpus, replace(TINY, seed=TINY.seed + 1), "test")
+    assert (corpus / "speakers.json").stat().st_mtime_ns == written  # neither call wrote anything
 
 
 def test_config_is_checked() -> None:

@@ -145,7 +145,9 @@ def test_the_speaker_task_is_split_by_video_and_stage_0_reads_it_with_the_true_f
 
     root = v2_corpora["speaker"]
     prepare.run(config_io.build(prepare.PrepareConfig, {"root": root, "run_dir": tmp_path, "num_workers": 0,
-                                                        "faces": "boxes", "boxes_dir": root / "boxes"}))
+                                                        "faces": "boxes"}))  # the boxes default to ROOT/boxes
+    saved = config_io.load_saved(prepare.PrepareConfig, tmp_path / "prepare" / "config.toml")
+    assert saved.boxes_dir == root / "boxes"  # recorded resolved: `avl stage prepare --config` repeats the run
     entries = read_manifest(tmp_path / "prepare")
     splits_of_video: dict[str, set] = {}
     for entry in entries:

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from pipeline.models.aggregator import Aggregator
+from pipeline.models.audio_teachers import INPUTS as AUDIO_TEACHERS
+from pipeline.models.audio_teachers import AudioTeacher, build_audio_teacher, from_torchaudio_names
 from pipeline.models.resnet import TrunkSpec
 from pipeline.models.spec import ModelSpec, Trunks, trunk_for
 from pipeline.models.vgg import Vgg16Spec
@@ -76,8 +78,18 @@ TEACHERS = {
 }
 
 
-def build_teacher(spec: ModelSpec) -> FrameTeacher:
+# every teacher architecture: the video teachers above, and the audio teachers of pipeline/models/audio_teachers.py
+TEACHER_ARCHS = (*TEACHERS, *AUDIO_TEACHERS)
+
+
+def is_audio_teacher(arch: str) -> bool:
+    return arch in AUDIO_TEACHERS
+
+
+def build_teacher(spec: ModelSpec) -> FrameTeacher | AudioTeacher:
     """A teacher from its spec; unknown architectures name the registered ones."""
+    if is_audio_teacher(spec.arch):
+        return build_audio_teacher(spec)
     return FrameTeacher(spec, trunk_for(TEACHERS, spec, "teacher"))
 
 
@@ -95,10 +107,12 @@ def _from_torchvision_names(state: dict) -> dict:
     return renamed
 
 
-def load_initial_weights(model: FrameTeacher, state: dict) -> dict[str, list[str]]:
-    """Initialise from a local weights file (an avl teacher or a torchvision checkpoint); returns what was
-    loaded, missing, or skipped (unknown names or other shapes, e.g. a head for other classes)."""
-    state = _from_torchvision_names(state.get("state_dict", state))
+def load_initial_weights(model: FrameTeacher | AudioTeacher, state: dict) -> dict[str, list[str]]:
+    """Initialise from a local weights file (an avl teacher, a torchvision checkpoint, or for an audio teacher a
+    torchaudio wav2vec2/HuBERT state dict); returns what was loaded, missing, or skipped (unknown names or other
+    shapes, e.g. a head for other classes)."""
+    state = state.get("state_dict", state)
+    state = from_torchaudio_names(state) if isinstance(model, AudioTeacher) else _from_torchvision_names(state)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)

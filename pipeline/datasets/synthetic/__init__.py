@@ -12,8 +12,8 @@ classes in the RAVDESS layout (`corpus_v2`).
 """
 
 from pipeline.datasets.synthetic.config import GENERATOR_VERSION, PRESETS, SynthConfig
-from pipeline.datasets.synthetic.corpus import synthesize
+from pipeline.datasets.synthetic.corpus import synthesize, synthesize_or_reuse
 from pipeline.datasets.synthetic.face import Face
 from pipeline.datasets.synthetic.voice import Voice
 
-__all__ = ["GENERATOR_VERSION", "PRESETS", "Face", "SynthConfig", "Voice", "synthesize"]
+__all__ = ["GENERATOR_VERSION", "PRESETS", "Face", "SynthConfig", "Voice", "synthesize", "synthesize_or_reuse"]

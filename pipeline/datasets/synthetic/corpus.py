@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.config import ConfigError
 from pipeline.datasets.synthetic import corpus_v2
 from pipeline.datasets.synthetic.config import GENERATOR_VERSION, SynthConfig
 from pipeline.datasets.synthetic.face import Face, render_talking_face, sample_face
@@ -67,6 +68,21 @@ def synthesize(out: Path, cfg: SynthConfig, progress: bool = True) -> Path:
     write_text(out / "veri_test.txt", trial_lines(rng, veri, cfg.n_trials))
     write_text(out / "speakers.json", [_speakers_json(cfg, speakers)])
     return out
+
+
+def synthesize_or_reuse(root: Path, cfg: SynthConfig, who: str) -> Path:
+    """`root`'s corpus if its speakers.json records `cfg` and this generator version, else one synthesised there
+    (`who`, e.g. "demo", starts the progress line)."""
+    recorded = root / "speakers.json"  # written last: a corpus without it was interrupted and is written again
+    if recorded.exists():
+        made = json.loads(recorded.read_text())
+        if made.get("config") == asdict(cfg) and made.get("generator_version") == GENERATOR_VERSION:
+            tqdm.write(f"{who}: reusing the corpus in {root} (same settings)")
+            return root
+        raise ConfigError(f"{root}: holds a corpus made with other settings (its speakers.json) than {who} asks "
+                          "for; remove it, or use another work directory")
+    tqdm.write(f"{who}: synthesising the corpus → {root}")
+    return synthesize(root, cfg)
 
 
 def _sample_speaker(cfg: SynthConfig, index: int) -> _Speaker:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.benchmark.stats import Paired, direction, format_paired, paired
+from pipeline.evidence.stats import Paired, direction, format_paired, paired
 
 NO_HARM_MARGIN = 0.03  # 3 points of top-1: a harm this small is within what one seed's spread hides
 MODERATE = (0.2, 0.4, 0.6, 0.8)
@@ -60,7 +60,7 @@ def _at(lam: float | None) -> str:
 
 
 def claims(results) -> list[Verdict]:
-    """Every verdict the spec's studies can give (`results`: pipeline.benchmark.report.Results)."""
+    """Every verdict the spec's studies can give (`results`: pipeline.evidence.report.Results)."""
     spec, verdicts = results.spec, []
     for main in spec.by_role("main"):
         verdicts += _main_claims(results, main)

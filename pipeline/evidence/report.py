@@ -2,7 +2,7 @@
 its paired change, the controls, a verdict per claim), metric-against-λ PNGs, results.csv and summary.json.
 
 Every comparison is paired by seed (same initial weights and batches, with and without the change) and given
-with its 95 % t interval (pipeline/benchmark/stats.py); "with distillation" is the λ > 0 with the best mean
+with its 95 % t interval (pipeline/evidence/stats.py); "with distillation" is the λ > 0 with the best mean
 validation accuracy, so no test number picks it.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import runs
-from pipeline.benchmark.claims import claims
-from pipeline.benchmark.spec import BenchmarkSpec, StudySpec
-from pipeline.benchmark.stats import format_paired, paired
 from pipeline.cells import BASELINE, METRICS
+from pipeline.evidence.claims import claims
+from pipeline.evidence.spec import BenchmarkSpec, StudySpec
+from pipeline.evidence.stats import format_paired, paired
 from pipeline.report import (
     MISSING,
     best_lambda,
