@@ -29,7 +29,9 @@ from pipeline.errors import UserError
 from pipeline.evidence import spec as spec_io
 from pipeline.evidence.report import write_report
 from stages import export_embeddings, prepare, protocol, sweep, train_teacher
-from stages.benchmark_studies import corpus_root, protocol_config, read_results, study_sweeps, temperature_choice
+from pipeline.models.teachers import is_audio_teacher
+from stages.benchmark_studies import (corpus_root, protocol_config, read_results, run_dir, study_sweeps,
+                                      teacher_cache, teacher_checkpoint, temperature_choice)
 
 WAIT_SECONDS = 20.0  # between looks at work another process holds
 
@@ -112,6 +114,8 @@ def check_settings(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec) -> None:
         if study.role == "emotion":
             protocol_config(cfg.work, spec, study, cfg.device)
             continue
+        for teacher in study.teachers():
+            export_config(cfg, spec, study, teacher)
         for sweep_cfg in study_sweeps(cfg.work, spec, study, cfg.device, temperature=2.0):
             for cell in grid(sweep_cfg):
                 sweep.cell_config(sweep_cfg, cell)
@@ -131,10 +135,11 @@ def prepare_config(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str)
 
 
 def teacher_config(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> train_teacher.TeacherConfig:
-    """A corpus's teacher; a sequential one's window is the students' crop (its aggregator rows are per window)."""
+    """A corpus's teacher; a sequential one's window is the students' crop (its aggregator rows are per window), as
+    is an audio teacher's training crop."""
     settings = {"run_dir": cfg.work / name / "run", "device": cfg.device, "num_workers": 0,
                 **spec.corpora[name].teacher}
-    if settings.get("sequential"):
+    if settings.get("sequential") or is_audio_teacher(settings.get("arch", "")):
         settings.setdefault("window_seconds", spec.crop_seconds)
     return config_io.build(train_teacher.TeacherConfig, settings, source=f"benchmark corpus {name}: teacher")
 
@@ -160,6 +165,21 @@ def make_run(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, name: str) -> No
         "run_dir": teacher_cfg.resolved_run_dir, "device": cfg.device, "num_workers": 0}, f"benchmark corpus {name}"))
 
 
+def export_config(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, study: spec_io.StudySpec,
+                  teacher: str) -> export_embeddings.ExportConfig:
+    """A multi-teacher study's cache of `teacher`'s teacher over the study corpus's prepared data, with the inner
+    layers its targets read."""
+    return config_io.build(export_embeddings.ExportConfig, {
+        "run_dir": run_dir(cfg.work, study.corpus), "teacher": teacher_checkpoint(cfg.work, teacher),
+        "out": teacher_cache(cfg.work, study, teacher), "layers": study.layers_of(teacher) or None,
+        "device": cfg.device, "num_workers": 0}, f"benchmark study {study.name}: cache of {teacher}'s teacher")
+
+
+def needed_corpora(spec: spec_io.BenchmarkSpec, study: spec_io.StudySpec) -> list[str]:
+    """The corpus entries whose stages a study needs: its own, and the teachers a multi-teacher study names."""
+    return list(dict.fromkeys([study.corpus, *study.teachers()]))
+
+
 # ---------------------------------------------------------------- the work loop
 
 
@@ -167,7 +187,8 @@ def work_through(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec) -> None:
     """Run every corpus's stages and every study's sweeps, skipping for now what another process holds, until
     everything is done."""
     wanted = [s for s in spec.studies if not cfg.studies or s.name in cfg.studies]
-    needed = {s.corpus for s in wanted} | {spec.study(s.temperature_from).corpus for s in wanted if s.temperature_from}
+    needed = {c for s in wanted for c in needed_corpora(spec, s)} | \
+        {spec.study(s.temperature_from).corpus for s in wanted if s.temperature_from}
     pending: list[tuple[str, str]] = [("corpus", name) for name in spec.corpora if name in needed]
     for study in wanted:  # a study's temperature source trains first, even if not asked for by name
         if study.temperature_from and ("study", study.temperature_from) not in pending:
@@ -209,7 +230,8 @@ def blocked_by(spec: spec_io.BenchmarkSpec, task: tuple[str, str], failed: dict)
     if task[0] == "corpus":
         return None
     study = spec.study(task[1])
-    needs = [("corpus", study.corpus)] + ([("study", study.temperature_from)] if study.temperature_from else [])
+    needs = [("corpus", name) for name in needed_corpora(spec, study)] + \
+        ([("study", study.temperature_from)] if study.temperature_from else [])
     return next((need for need in needs if need in failed), None)
 
 
@@ -219,7 +241,7 @@ def ready(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, task: tuple[str, st
     if kind == "corpus":
         return True
     study = spec.study(name)
-    if ("corpus", study.corpus) not in done:
+    if any(("corpus", name) not in done for name in needed_corpora(spec, study)):
         return False
     return study.temperature_from is None or temperature_choice(cfg.work, spec, spec.study(study.temperature_from),
                                                                 cfg.device) is not None
@@ -234,6 +256,8 @@ def do(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, task: tuple[str, str])
     if study.role == "emotion":
         protocol.run(protocol_config(cfg.work, spec, study, cfg.device))
         return
+    for teacher in study.teachers():  # a multi-teacher study's caches, in its own run
+        export_embeddings.run(export_config(cfg, spec, study, teacher))
     temperature = None
     if study.temperature_from:
         temperature = temperature_choice(cfg.work, spec, spec.study(study.temperature_from), cfg.device)

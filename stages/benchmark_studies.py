@@ -31,19 +31,42 @@ def _options(settings: dict) -> tuple[str, ...]:
     return tuple(f"{key}={toml_value(value)}" for key, value in sorted(settings.items()))
 
 
+def teacher_cache(work: Path, study: StudySpec, teacher: str) -> Path:
+    """Where a multi-teacher study's run holds the cache of corpus entry `teacher`'s teacher."""
+    return run_dir(work, study.corpus) / "embeddings" / f"{teacher}.zarr"
+
+
+def teacher_checkpoint(work: Path, teacher: str) -> Path:
+    return runs.teacher_checkpoint(run_dir(work, teacher))
+
+
+def distil_option(work: Path, study: StudySpec, targets: tuple[dict, ...]) -> list[str]:
+    """A condition's targets as stage 3's `--distil` values: each names the cache and the teacher that made it."""
+    def one(target: dict) -> str:
+        extra = {key: target[key] for key in ("layer", "distance", "target") if target.get(key)}
+        return ",".join([f"lam={float(target['lam']):g}", f"cache={teacher_cache(work, study, target['teacher'])}",
+                         f"teacher={teacher_checkpoint(work, target['teacher'])}",
+                         *(f"{key}={value}" for key, value in extra.items())])
+    return [one(target) for target in targets]
+
+
 def study_sweeps(work: Path, spec: BenchmarkSpec, study: StudySpec, device: str, temperature: float | None):
-    """The sweeps of a study: one per temperature for a temperature study, else one (soft-label at `temperature`
-    when the study takes it from a temperature study; None there means "not chosen yet" and yields a placeholder
-    T only good for checking settings)."""
-    def make(name: str, extra: dict) -> SweepConfig:
+    """The sweeps of a study: one per temperature for a temperature study, one per condition for a multi-teacher
+    study (in its order), else one (soft-label at `temperature` when the study takes it from a temperature study;
+    None there means "not chosen yet" and yields a placeholder T only good for checking settings)."""
+    def make(name: str, extra: dict, lambdas: tuple[float, ...] = study.lambdas) -> SweepConfig:
         return SweepConfig(
-            run_dir=run_dir(work, study.corpus), dataset="voxceleb", name=name, lambdas=study.lambdas,
+            run_dir=run_dir(work, study.corpus), dataset="voxceleb", name=name, lambdas=lambdas,
             methods=study.methods, levels=study.levels, archs=(spec.arch,), seeds=study.seeds, tiny=spec.tiny,
             epochs=spec.epochs, batch_size=spec.batch_size, crop_seconds=spec.crop_seconds,
             student_options=_options({**spec.student, **study.options, **extra}), num_workers=0, device=device)
 
     if study.role == "temperature":
         return [make(f"{study.name}-T{t:g}", {"temperature": t}) for t in study.temperatures]
+    if study.role == "multi-teacher":
+        return [make(f"{study.name}-{name}", {"distil": distil_option(work, study, targets)} if targets else {},
+                     (round(sum(float(t["lam"]) for t in targets), 6),))
+                for name, targets in study.conditions]
     extra = {"temperature": temperature if temperature is not None else 2.0} if study.temperature_from else {}
     return [make(study.name, extra)]
 
@@ -82,11 +105,15 @@ def study_rows(work: Path, spec: BenchmarkSpec, study: StudySpec, temperature: f
     if study.role == "emotion":
         return _protocol_rows(work, spec, study)[0]
     rows = []
-    for sweep_cfg in study_sweeps(work, spec, study, "cpu", temperature):
+    sweeps = study_sweeps(work, spec, study, "cpu", temperature)
+    conditions = [name for name, _ in study.conditions] or [None] * len(sweeps)
+    for sweep_cfg, condition in zip(sweeps, conditions):
         trained_with = config_io.parse_options(sweep_cfg.student_options, f"sweep {sweep_cfg.name}: student option")
         for row in collect(sweep_cfg, grid(sweep_cfg)):
             if study.role == "temperature":  # the soft-label T its students trained with
                 row["temperature"] = float(trained_with["temperature"])
+            if condition is not None:
+                row["condition"] = condition
             rows.append(row)
     return rows
 

@@ -28,6 +28,9 @@ TINY_SPEC = {
                  "teacher": _TEACHER},
         "emotion": {"synth": {"preset": "emotion", "speakers": 3, "utterances": 8, "videos_per_speaker": 2,
                               "min_seconds": 1.2, "max_seconds": 2.0, "frame_size": 48}},
+        "correlated-audio": {"corpus_of": "correlated",
+                             "prepare": {"faces": "boxes", "split": "official", "waveforms": True},
+                             "teacher": {"arch": "audio-resnet", "tiny": True, "epochs": 1, "batch_size": 4}},
     },
     "studies": [
         {"name": "temperature", "role": "temperature", "corpus": "correlated", "methods": ["soft-label"],
@@ -39,6 +42,10 @@ TINY_SPEC = {
         {"name": "null", "role": "null", "corpus": "null", "methods": ["proposed"], "lambdas": [0.0, 0.5]},
         {"name": "emotion", "role": "emotion", "corpus": "emotion", "methods": ["proposed"], "lambdas": [0.0, 0.5],
          "protocol": {"folds": [1, 2], "teacher_epochs": 1, "prepare_options": ["faces='boxes'"]}},
+        {"name": "multi", "role": "multi-teacher", "corpus": "correlated-audio", "options": {"degrade": "noise=10"},
+         "conditions": {"none": [], "video": [{"teacher": "correlated", "lam": 0.5}],
+                        "both": [{"teacher": "correlated", "lam": 0.25, "layer": "trunk.stages.2"},
+                                 {"teacher": "correlated-audio", "lam": 0.25}]}},
     ],
 }
 
@@ -83,6 +90,17 @@ def test_spec_errors_name_the_study_and_the_problem():
         spec_io.parse({**TINY_SPEC, "studies": [{**TINY_SPEC["studies"][3], "corpus": "emotion"}]})
     with pytest.raises(ConfigError, match="temperature_from 'temperature' must name an earlier study"):
         spec_io.parse({**TINY_SPEC, "studies": TINY_SPEC["studies"][1:]})
+    multi = TINY_SPEC["studies"][-1]
+    for conditions, said in (({"none": [], "x": [{"teacher": "nope", "lam": 0.5}]}, "not a corpus entry"),
+                             ({"none": [], "x": [{"teacher": "correlated", "lam": 0.7},
+                                                 {"teacher": "correlated", "lam": 0.7}]}, "Σλ_i"),
+                             ({"x": [{"teacher": "correlated", "lam": 0.5}]}, "exactly one condition"),
+                             ({"none": [], "x": [{"teacher": "correlated", "lambda": 0.5}]}, "unknown"),
+                             ({"none": [], "x": [{"teacher": "null", "lam": 0.5}]}, "same corpus")):
+        with pytest.raises(ConfigError, match=said):
+            spec_io.parse({**TINY_SPEC, "studies": [{**multi, "conditions": conditions}]})
+    with pytest.raises(ConfigError, match="waveforms"):
+        spec_io.parse({**TINY_SPEC, "studies": [{**multi, "corpus": "correlated"}]})
 
 
 def test_a_bad_stage_setting_fails_before_anything_trains(tmp_path):
@@ -117,8 +135,14 @@ def test_tiny_benchmark_runs_reports_and_resumes(tmp_path, one_torch_thread, cap
     assert any("Null corpus" in claim for claim in claims) and any("shuffled" in claim for claim in claims)
     assert set(claims.values()) <= {"reproduced", "not reproduced", "inconclusive"}
     rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 + 2 * 5 + 2 + 2 * 2 + 2 * 2  # temperature, main, control, null, emotion (2 folds)
-    assert sorted(r.split(",")[6] for r in rows if r.startswith("emotion,")) == ["1", "1", "2", "2"]  # fold = seed
+    # temperature, main, control, null, emotion (2 folds), multi-teacher (3 conditions)
+    assert len(rows) == 1 + 4 + 2 * 5 + 2 + 2 * 2 + 2 * 2 + 3 * 2
+    assert sorted(r.split(",")[7] for r in rows if r.startswith("emotion,")) == ["1", "1", "2", "2"]  # fold = seed
+    assert sorted(r.split(",")[1] for r in rows if r.startswith("multi,")) == ["both"] * 2 + ["none"] * 2 + ["video"] * 2
+    assert "Several teachers and layers" in report and "0.25·correlated [trunk.stages.2]" in report
+    multi_metrics = json.loads(next((tmp_path / "work" / "correlated-audio" / "run" / "students" / "multi-both")
+                                    .glob("*/metrics.json")).read_text())
+    assert multi_metrics["degrade"]["steps"] == "noise=10" and len(multi_metrics["distil"]["targets"]) == 2
     assert any("Emotion" in claim for claim in claims)
     assert (tmp_path / "out" / "emotion_ua_vs_lambda.png").exists()
 

@@ -77,6 +77,11 @@ class Results:
         """Paired change of `key` at (method, λ) against the audio-only student of the same seeds."""
         return paired(self.values(study, method, lam, key, level), self.values(study, method, 0.0, key, level))
 
+    def condition_values(self, study: StudySpec, condition: str, key: str) -> dict[int, float]:
+        """seed → `key` of a multi-teacher study's condition."""
+        return {r["seed"]: r[key] for r in self.rows[study.name]
+                if r.get("condition") == condition and r[key] is not None}
+
 
 def shown_lambdas(study: StudySpec) -> tuple[float, ...]:
     """The study's λ, with the λ = 0 its baseline study supplies."""
@@ -143,9 +148,48 @@ def controls_table(results: Results) -> list[str]:
                            "real targets − this [95 % CI]"], rows)
 
 
+def _targets_text(targets: tuple[dict, ...]) -> str:
+    return " + ".join(f"{t['lam']:g}·{t['teacher']}" + (f" [{t['layer']}]" if t.get("layer") else "")
+                      for t in targets) or "none (λ = 0)"
+
+
+def multi_teacher_table(results: Results, study: StudySpec) -> list[str]:
+    """Each condition's top-1 and EER, and its paired change against the condition without targets."""
+    reference = next(name for name, targets in study.conditions if not targets)
+    rows = []
+    for name, targets in study.conditions:
+        cells = [name, _targets_text(targets)]
+        for key in ("top1", "eer"):
+            values = results.condition_values(study, name, key)
+            cells += [format_stat(mean_std(list(values.values()))),
+                      MISSING if not targets else format_paired(paired(
+                          values, results.condition_values(study, reference, key)))]
+        rows.append(cells)
+    return markdown_table(["condition", "targets (λ_i · teacher [layer])", "top-1 (mean ± std, %)",
+                           "Δ top-1 vs audio only [95 % CI]", "EER (%)", "Δ EER [95 % CI]"], rows)
+
+
+def multi_teacher_preface(results: Results, study: StudySpec) -> str:
+    teachers = ", ".join(f"{name} ({results.spec.corpora[name].teacher.get('arch')}): "
+                         + (MISSING if (acc := results.teacher_accuracy(name)) is None else f"{100 * acc:.1f} %")
+                         for name in study.teachers())
+    degrade = study.options.get("degrade")
+    return (f"Students hear {'degraded audio (`--degrade ' + degrade + '`)' if degrade else 'the stored audio'}; "
+            f"the teachers computed their caches from the clean recordings. Teachers' test accuracy: {teachers}. "
+            "Every condition is paired by seed with the one without targets.")
+
+
 def corpus_table(results: Results) -> list[str]:
     rows = []
     for study in results.spec.studies:
+        if study.role == "multi-teacher":
+            reference = next(name for name, targets in study.conditions if not targets)
+            values = results.condition_values(study, reference, "top1")
+            teacher = results.teacher_accuracy(study.corpus)
+            rows.append([study.corpus, f"{study.name} (degraded audio)",
+                         MISSING if teacher is None else f"{100 * teacher:.1f}",
+                         format_stat(mean_std(list(values.values()))), str(len(values))])
+            continue
         if study.role == "temperature" or 0.0 not in study.lambdas:
             continue  # no audio-only student of its own
         teacher = results.teacher_accuracy(study.corpus)
@@ -159,9 +203,10 @@ def write_report(out: Path, results: Results, elapsed: float) -> Path:
     spec = results.spec
     out.mkdir(parents=True, exist_ok=True)
     all_rows = [{"study": name, **row} for name, rows in results.rows.items() for row in rows]
-    write_csv(out / "results.csv", ["study", "cell", "method", "level", "arch", "lambda", "seed", "temperature",
-                                    *(m[1] for m in METRICS), "val_accuracy", "train_seconds", "parameters",
-                                    "teacher_fingerprint"], [{"temperature": None, **row} for row in all_rows])
+    write_csv(out / "results.csv", ["study", "condition", "cell", "method", "level", "arch", "lambda", "seed",
+                                    "temperature", *(m[1] for m in METRICS), "val_accuracy", "train_seconds",
+                                    "parameters", "teacher_fingerprint"],
+              [{"temperature": None, "condition": None, **row} for row in all_rows])
     verdicts = claims(results)
     plots = []
     for study in spec.studies:
@@ -184,7 +229,11 @@ def write_report(out: Path, results: Results, elapsed: float) -> Path:
         "verdicts": [verdict.as_dict() for verdict in verdicts],
         "studies": {s.name: [{"method": m, "level": lv, "lambda": lam,
                               **{k: stat_dict(results.stat(s, m, lam, k, lv)) for k in ("top1", "eer", "val_accuracy")}}
-                             for m in s.methods for lv in s.levels for lam in s.lambdas] for s in spec.studies}})
+                             for m in s.methods for lv in s.levels for lam in s.lambdas]
+                    for s in spec.studies if s.role != "multi-teacher"},
+        "multi_teacher": {s.name: {name: {k: stat_dict(mean_std(list(results.condition_values(s, name, k).values())))
+                                          for k in ("top1", "eer")} for name, _ in s.conditions}
+                          for s in spec.by_role("multi-teacher")}})
 
     sections = {"Verdicts": markdown_table(["claim", "verdict", "evidence"],
                                            [[v.claim, f"**{v.verdict}**", v.evidence] for v in verdicts]) + [""],
@@ -200,14 +249,19 @@ def write_report(out: Path, results: Results, elapsed: float) -> Path:
             paper_table(results, study, "ua", True) + [""]
     for study in spec.by_role("main"):
         sections[f"Table 5 shape: verification EER — {study.name}"] = paper_table(results, study, "eer", False) + [""]
+    for study in spec.by_role("multi-teacher"):
+        sections[f"Several teachers and layers: students on degraded audio — {study.name}"] = \
+            [multi_teacher_preface(results, study), ""] + multi_teacher_table(results, study) + [""]
     if spec.by_role("control"):
         sections["Controls (main corpus, proposed method)"] = controls_table(results) + [""]
     for study in spec.studies:
-        if study.role not in ("temperature", "control"):
+        if study.role not in ("temperature", "control", "multi-teacher"):
             sections[f"Every grid point — {study.name}"] = grid_table(
                 results, study, "ua" if study.role == "emotion" else "top1") + [""]
     sections["Plots"] = [f"![{path.stem}]({path.name})\n" for path in plots]
-    expected = sum(len(s.seeds if s.role != "emotion" else results.folds(s)) * len(s.levels) * ((0.0 in s.lambdas) + len(s.methods) * sum(lam > 0 for lam in s.lambdas))
+    expected = sum(len(s.seeds) * len(s.conditions) if s.role == "multi-teacher" else
+                   len(s.seeds if s.role != "emotion" else results.folds(s)) * len(s.levels)
+                   * ((0.0 in s.lambdas) + len(s.methods) * sum(lam > 0 for lam in s.lambdas))
                    * max(1, len(s.temperatures)) for s in spec.studies)
     notes = [] if len(all_rows) >= expected else [
         f"**{expected - len(all_rows)} of {expected} cells have not finished**; every table holds what has, and "

@@ -13,18 +13,25 @@ A study is one `avl sweep` on a corpus's run. Its `role` says which claim it ans
 - "null", "weak-teacher", "sequential": coarser grids on the null and weak-teacher corpora and a sequential level;
 - "emotion": `avl protocol` (leave-one-speaker-out, a teacher per fold) on an emotion corpus (Table 6, Fig. 5);
   its folds are the paired units, as the paper's RAVDESS protocol. Its corpus entry has synth settings only, as
-  the protocol runs stages 0-2 itself; `protocol` holds its other settings (folds, teacher_epochs, ...).
+  the protocol runs stages 0-2 itself; `protocol` holds its other settings (folds, teacher_epochs, ...);
+- "multi-teacher": several teachers and layers (issue 17): each of its `conditions` is a list of `--distil` targets
+  ({teacher = CORPUS ENTRY, lam = λ_i, layer = ...}), one sweep per condition on the study's corpus (whose run
+  holds a cache of every teacher named, exported there with the layers the targets read); the condition with no
+  targets is the paired reference. `options` may degrade the student's audio (`degrade`), which needs a corpus
+  prepared with `waveforms`.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import ConfigError
 
-ROLES = ("main", "temperature", "control", "null", "weak-teacher", "sequential", "emotion")
+ROLES = ("main", "temperature", "control", "null", "weak-teacher", "sequential", "emotion", "multi-teacher")
+TARGET_KEYS = {"teacher", "lam", "layer", "distance", "target"}  # a multi-teacher condition's target (--distil keys)
 SEEDS = (0, 1, 2, 3, 4)
 FULL_GRID = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 COARSE_GRID = (0.0, 0.4, 0.8)
@@ -41,6 +48,22 @@ _PREPARE = {"faces": "boxes", "split": "official"}
 # 4 epochs (one learning-rate cycle) put the tiny teacher near the paper's 78-85 %; 20 epochs reached 96-97 %,
 # which makes its soft labels one-hot
 _TEACHER = {"arch": "resnet34", "tiny": True, "epochs": 4, "frames_per_utterance": 8, "batch_size": 16}
+# The clean-audio teacher: the students' ResNet trunk trained on the corpus's audio as recorded (stage 1, 12 epochs
+# as a student), while the multi-teacher study's students hear it degraded: noise at 10 dB SNR, a telephone band
+# and 8-bit µ-law, applied at stage 3.
+_AUDIO_TEACHER = {"arch": "audio-resnet", "tiny": True, "epochs": 12, "batch_size": 16, "lr_max": 2e-3}
+_DEGRADE = "noise=10,bandpass=300-3400,mulaw=8"
+# Σλ_i = 0.4 in every condition: the λ the main study's validation picks for the proposed method.
+_CONDITIONS = {
+    "audio-only": [],
+    "video": [{"teacher": "correlated", "lam": 0.4}],
+    "clean-audio": [{"teacher": "correlated-audio-teacher", "lam": 0.4}],
+    "video-and-clean-audio": [{"teacher": "correlated", "lam": 0.2}, {"teacher": "correlated-audio-teacher", "lam": 0.2}],
+    "video-two-layers": [{"teacher": "correlated", "lam": 0.2},
+                         {"teacher": "correlated", "lam": 0.2, "layer": "trunk.stages.2"}],
+    "clean-audio-two-layers": [{"teacher": "correlated-audio-teacher", "lam": 0.2},
+                               {"teacher": "correlated-audio-teacher", "lam": 0.2, "layer": "backbone.stages.2"}],
+}
 # Studies run in this order (two processes share them cell by cell): what the main claims need first.
 DEFAULT_SPEC = {
     "seeds": list(SEEDS),
@@ -61,6 +84,8 @@ DEFAULT_SPEC = {
                               "max_seconds": 3.0, "audio_noise": 0.3, "audio_nuisance": 0.5}},
         "correlated-sequential": {"corpus_of": "correlated", "prepare": _PREPARE,
                                   "teacher": {**_TEACHER, "sequential": True, "frames_per_segment": 5}},
+        "correlated-audio-teacher": {"corpus_of": "correlated", "prepare": {**_PREPARE, "waveforms": True},
+                                     "teacher": _AUDIO_TEACHER},
     },
     "studies": [
         {"name": "temperature", "role": "temperature", "corpus": "correlated", "methods": ["soft-label"],
@@ -81,6 +106,8 @@ DEFAULT_SPEC = {
         # the sequential teacher is another teacher on the same prepared data: its λ = 0 is main's
         {"name": "sequential", "role": "sequential", "corpus": "correlated-sequential", "methods": ["proposed"],
          "levels": ["aggregator"], "lambdas": [0.4], "baseline": "main"},
+        {"name": "multi-teacher", "role": "multi-teacher", "corpus": "correlated-audio-teacher",
+         "options": {"degrade": _DEGRADE}, "conditions": _CONDITIONS},
     ],
 }
 
@@ -112,6 +139,16 @@ class StudySpec:
     temperature_from: str | None = None
     baseline: str | None = None
     protocol: dict = field(default_factory=dict)  # emotion: other `avl protocol` settings
+    conditions: tuple[tuple[str, tuple[dict, ...]], ...] = ()  # multi-teacher: (name, --distil targets), in order
+
+    def teachers(self) -> list[str]:
+        """The corpus entries whose teachers a multi-teacher study's targets name, in first-use order."""
+        return list(dict.fromkeys(t["teacher"] for _, targets in self.conditions for t in targets))
+
+    def layers_of(self, teacher: str) -> list[str]:
+        """The inner layers of `teacher` its targets read (what its cache must hold)."""
+        return sorted({t["layer"] for _, targets in self.conditions for t in targets
+                       if t["teacher"] == teacher and t.get("layer")})
 
 
 @dataclass(frozen=True)
@@ -143,7 +180,7 @@ class BenchmarkSpec:
 _TOP_KEYS = {"seeds", "arch", "tiny", "epochs", "batch_size", "crop_seconds", "student", "corpora", "studies"}
 _CORPUS_KEYS = {"synth", "prepare", "teacher", "corpus_of"}
 _STUDY_KEYS = {"name", "role", "corpus", "methods", "lambdas", "seeds", "levels", "options", "temperatures",
-               "temperature_from", "baseline", "protocol"}
+               "temperature_from", "baseline", "protocol", "conditions"}
 
 
 def _unknown(keys, known: set[str], where: str) -> None:
@@ -174,7 +211,14 @@ def parse(document: dict, source: str = "benchmark spec") -> BenchmarkSpec:
     for index, entry in enumerate(document.get("studies") or []):
         where = f"{source}: study {entry.get('name', index + 1)}"
         _unknown(entry, _STUDY_KEYS, where)
-        missing = [key for key in ("name", "role", "corpus", "methods", "lambdas") if key not in entry]
+        conditions = tuple((str(name), tuple(dict(t) for t in targets))
+                           for name, targets in (entry.get("conditions") or {}).items())
+        if entry.get("role") == "multi-teacher":  # its λ are its conditions' Σλ_i, its method the proposed one
+            entry = {"methods": ["proposed"], **entry,
+                     "lambdas": sorted({_total(targets) for _, targets in conditions} or {0.0})}
+        required = ("name", "role", "corpus", "conditions") if entry.get("role") == "multi-teacher" else \
+            ("name", "role", "corpus", "methods", "lambdas")
+        missing = [key for key in required if key not in entry]
         if missing:
             raise ConfigError(f"{where}: missing {missing}")
         study = StudySpec(
@@ -182,7 +226,7 @@ def parse(document: dict, source: str = "benchmark spec") -> BenchmarkSpec:
             tuple(float(lam) for lam in entry["lambdas"]), tuple(int(s) for s in entry.get("seeds", seeds)),
             tuple(entry.get("levels", ("non-sequential",))), dict(entry.get("options") or {}),
             tuple(float(t) for t in entry.get("temperatures", ())), entry.get("temperature_from"),
-            entry.get("baseline"), dict(entry.get("protocol") or {}))
+            entry.get("baseline"), dict(entry.get("protocol") or {}), conditions)
         _check_study(study, corpora, studies, where)
         studies.append(study)
     if len({study.name for study in studies}) != len(studies):
@@ -233,6 +277,43 @@ def _check_study(study: StudySpec, corpora: dict, earlier: list[StudySpec], wher
                               "settings, or the pairs are not the same student without the teacher")
     elif study.role == "control":
         raise ConfigError(f"{where}: a control study needs a baseline study")
+    _check_conditions(study, corpora, where)
+
+
+def _total(targets) -> float:
+    return round(sum(float(t.get("lam", 0)) for t in targets), 6)
+
+
+def _check_conditions(study: StudySpec, corpora: dict, where: str) -> None:
+    """A multi-teacher study's conditions: plain names, one without targets (the reference), known keys, teachers
+    of corpus entries over the same corpus and stage-0 listing as the study's, 0 < Σλ_i <= 1."""
+    if (study.role == "multi-teacher") != bool(study.conditions):
+        raise ConfigError(f"{where}: a multi-teacher study, and only it, lists conditions")
+    if not study.conditions:
+        return
+    if sum(not targets for _, targets in study.conditions) != 1:
+        raise ConfigError(f"{where}: exactly one condition has no targets: the audio-only reference")
+    same_listing = {k: v for k, v in corpora[study.corpus].prepare.items() if k != "waveforms"}
+    for name, targets in study.conditions:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+            raise ConfigError(f"{where}: condition {name!r}: names are lower-case letters, digits and '-'")
+        for target in targets:
+            extra = sorted(set(target) - TARGET_KEYS)
+            if extra or "teacher" not in target or "lam" not in target:
+                raise ConfigError(f"{where}: condition {name}: a target takes teacher and lam (and layer, distance, "
+                                  f"target), got {sorted(target)}" + (f"; unknown {extra}" if extra else ""))
+            teacher = corpora.get(target["teacher"])
+            if teacher is None or not teacher.teacher:
+                raise ConfigError(f"{where}: condition {name}: teacher {target['teacher']!r} is not a corpus entry "
+                                  "with teacher settings")
+            if _synth_of(corpora, target["teacher"]) != _synth_of(corpora, study.corpus) or \
+                    {k: v for k, v in teacher.prepare.items() if k != "waveforms"} != same_listing:
+                raise ConfigError(f"{where}: condition {name}: teacher {target['teacher']} must come from the same "
+                                  f"corpus and stage-0 settings as {study.corpus}, whose utterances the student reads")
+        if targets and not 0 < _total(targets) <= 1:
+            raise ConfigError(f"{where}: condition {name}: Σλ_i must lie in (0, 1], got {_total(targets):g}")
+    if study.options.get("degrade") and not corpora[study.corpus].prepare.get("waveforms"):
+        raise ConfigError(f"{where}: options.degrade needs corpus {study.corpus} prepared with waveforms = true")
 
 
 def _synth_of(corpora: dict, name: str) -> str:
