@@ -30,7 +30,9 @@ from pipeline.features import PCM_SCALE, LogSpectrogram, SpectrogramParams
 from pipeline.runs import find_store
 
 STEPS = ("noise", "lowpass", "bandpass", "mulaw")
-CACHED_UTTERANCES = 256  # degraded spectrograms kept per reader (a crop reads one; evaluation reads each once)
+# degraded spectrograms kept per reader (per DataLoader worker), least recently used dropped first: 256 MB holds
+# ~1700 utterances of 3 s, so a small corpus's training and validation splits are degraded once, not every epoch
+CACHE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class DegradedSpectrograms:
     def __init__(self, waveforms: Path, degradation: str, seed: int, params: SpectrogramParams):
         self.path, self.degradation, self.seed, self.params = Path(waveforms), degradation, seed, params
         self.steps = parse(degradation, params.sample_rate)
-        self.store, self.spectrogram, self.recent = None, None, OrderedDict()
+        self.store, self.spectrogram, self.recent, self.cached_bytes = None, None, OrderedDict(), 0
 
     def _open(self):
         if self.store is None:
@@ -140,8 +142,9 @@ class DegradedSpectrograms:
         with torch.no_grad():
             rows = self.spectrogram_of(self.waveform(key))
         self.recent[key] = rows
-        if len(self.recent) > CACHED_UTTERANCES:
-            self.recent.popitem(last=False)
+        self.cached_bytes += rows.nbytes
+        while self.cached_bytes > CACHE_BYTES and len(self.recent) > 1:
+            self.cached_bytes -= self.recent.popitem(last=False)[1].nbytes
         return rows
 
     def spectrogram_of(self, audio: np.ndarray) -> np.ndarray:
@@ -160,7 +163,7 @@ class DegradedSpectrograms:
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
-        self.store, self.recent = None, OrderedDict()
+        self.store, self.recent, self.cached_bytes = None, OrderedDict(), 0
 
     def __getstate__(self) -> dict:  # DataLoader workers get an unopened copy
-        return {**self.__dict__, "store": None, "spectrogram": None, "recent": OrderedDict()}
+        return {**self.__dict__, "store": None, "spectrogram": None, "recent": OrderedDict(), "cached_bytes": 0}

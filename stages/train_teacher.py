@@ -47,7 +47,10 @@ from pipeline.training import (
 class TeacherConfig(TrainingConfig):
     """Stage 1 settings."""
 
-    arch: str = field(default="resnet34", metadata={"help": "Teacher architecture.", "choices": TEACHER_ARCHS})
+    arch: str = field(default="resnet34", metadata={
+        "help": "Teacher architecture: a video teacher on face crops (vgg16, resnet34, seresnet34) or an audio teacher "
+                "on the clean audio (audio-resnet on the spectrogram; wav2vec2, hubert on the waveform, which needs "
+                "`prepare --waveforms`).", "choices": TEACHER_ARCHS})
     tiny: bool = field(default=False, metadata={"help": "Small variant that trains on a CPU."})
     embed_dim: int = field(default=512, metadata={"help": "Embedding size (the student matches it)."})
     batch_size: int = field(default=32, metadata={

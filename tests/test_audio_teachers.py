@@ -16,6 +16,7 @@ import torch
 import torchaudio
 
 from cache.layers import cached_layers, layer_field
+from cache.schema import WaveformStoreSpec
 from cache.store import open_store
 from pipeline import config as config_io
 from pipeline import degraded_audio as degrade
@@ -173,3 +174,31 @@ def test_student_hears_degraded_audio_and_distils_two_teachers_of_two_modalities
     assert np.array_equal(reader.read(key, "spectrogram"), again.read(key, "spectrogram", 0, None))
     assert reader.read(key, "spectrogram").shape == stored.shape
     assert np.abs(reader.read(key, "spectrogram").astype(np.float32) - stored.astype(np.float32)).mean() > 0.1
+
+
+def test_waveforms_can_be_added_to_a_prepared_run(tmp_path, one_torch_thread):
+    small = SynthConfig(n_speakers=2, n_verification_speakers=0, utterances_per_speaker=4, videos_per_speaker=2,
+                        min_seconds=1.2, max_seconds=1.6, frame_size=48, n_trials=0)
+    root = synthesize(tmp_path / "corpus", small)
+    settings = {"root": root, "run_dir": tmp_path / "run", "num_workers": 0}
+    prepare.run(config_io.build(prepare.PrepareConfig, settings))
+    prepared = tmp_path / "run" / "prepare"
+    before = (prepared / "manifest.tsv").read_text()
+    with open_store(prepared / "spectrograms.zarr") as spectra:
+        spectrogram = spectra.read(spectra.keys[0], "spectrogram")
+    prepare.run(config_io.build(prepare.PrepareConfig, {**settings, "waveforms": True}))
+    assert (prepared / "manifest.tsv").read_text() == before
+    with open_store(prepared / "spectrograms.zarr") as spectra, open_store(prepared / "waveforms.zarr") as waveforms:
+        assert np.array_equal(spectra.read(spectra.keys[0], "spectrogram"), spectrogram)  # kept, not rewritten
+        assert set(waveforms.keys) == set(spectra.keys) and waveforms.attrs["manifest_sha256"]
+
+
+def test_a_waveform_store_at_another_sample_rate_is_refused_by_name(tmp_path):
+    path = tmp_path / "waveforms.zarr"
+    writer = WaveformStoreSpec(dataset="voxceleb", dataset_root="/data", video_fps=25, sample_rate=8000).create(path)
+    writer.write("a", {"waveform": np.zeros(320, dtype=np.int16)})
+    writer.mark_complete()
+    writer.close()
+    reader = degrade.DegradedSpectrograms(path, "noise=10", 0, SpectrogramParams())
+    with pytest.raises(ConfigError, match=r"waveforms.zarr: holds 8000 Hz audio"):
+        reader.read("a", "spectrogram")
