@@ -40,13 +40,10 @@ class CleanAudio:
             self.store = open_store(self.path)
         start = None if first_frame is None else first_frame * self.rows_per_frame
         stop = None if stop_frame is None else stop_frame * self.rows_per_frame
-        rows = self.store.read(self.key_check(key), self.field, start, stop)
-        return rows.astype(np.float32) / (PCM_SCALE if self.input_kind == "waveform" else 1.0)
-
-    def key_check(self, key: str) -> str:
         if key not in self.store:
             raise MissingInputError(f"{self.path}: has no utterance {key!r}; re-run `avl stage prepare`")
-        return key
+        rows = self.store.read(key, self.field, start, stop)
+        return rows.astype(np.float32) / (PCM_SCALE if self.input_kind == "waveform" else 1.0)
 
     def close(self) -> None:
         if self.store is not None:

@@ -49,10 +49,11 @@ _PREPARE = {"faces": "boxes", "split": "official"}
 # which makes its soft labels one-hot
 _TEACHER = {"arch": "resnet34", "tiny": True, "epochs": 4, "frames_per_utterance": 8, "batch_size": 16}
 # The clean-audio teacher: the students' ResNet trunk trained on the corpus's audio as recorded (stage 1, 12 epochs
-# as a student), while the multi-teacher study's students hear it degraded: noise at 10 dB SNR, a telephone band
-# and 8-bit µ-law, applied at stage 3.
+# as a student), while the multi-teacher study's students hear it degraded: white noise at 0 dB SNR, a telephone
+# band and 8-bit µ-law, applied at stage 3. With 10 dB the degraded audio-only student (42.8 % at seed 0) beat the
+# clean-audio teacher (36.9 %): a teacher that knows less than its student tests nothing about clean audio.
 _AUDIO_TEACHER = {"arch": "audio-resnet", "tiny": True, "epochs": 12, "batch_size": 16, "lr_max": 2e-3}
-_DEGRADE = "noise=10,bandpass=300-3400,mulaw=8"
+_DEGRADE = "noise=0,bandpass=300-3400,mulaw=8"
 # Σλ_i = 0.4 in every condition: the λ the main study's validation picks for the proposed method.
 _CONDITIONS = {
     "audio-only": [],
