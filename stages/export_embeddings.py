@@ -48,7 +48,7 @@ from pipeline.data import GroupFrames, teacher_groups
 from pipeline.datasets.base import SPLITS
 from pipeline.datasets.registry import DATASETS
 from pipeline.face_store import open_faces
-from pipeline.features import SEGMENT_VIDEO_FRAMES, VIDEO_FPS
+from pipeline.features import SEGMENT_SPEC_FRAMES, SEGMENT_VIDEO_FRAMES, VIDEO_FPS, SpectrogramParams
 from pipeline.manifest import manifest_hash, read_manifest
 from pipeline.runs import STORE_SUFFIX, find_store
 from pipeline.layers import resolve_layers
@@ -168,7 +168,9 @@ def _layer_dims(teacher, layers: dict, face_size: int | None, device) -> dict[st
     if not layers:
         return {}
     if isinstance(teacher, AudioTeacher):
-        silence = np.zeros((100, 257) if teacher.input_kind == "spectrogram" else 16000, dtype=np.float32)
+        params = SpectrogramParams()
+        shape = (SEGMENT_SPEC_FRAMES, params.n_freq) if teacher.input_kind == "spectrogram" else params.sample_rate
+        silence = np.zeros(shape, dtype=np.float32)  # one 1 s segment
         _, _, rows = audio_teacher_outputs(teacher, silence, SEGMENT_VIDEO_FRAMES, device, layers)
     else:
         blank = torch.zeros(1, face_size, face_size, 3, dtype=torch.uint8)
