@@ -13,7 +13,7 @@ from pipeline import distributed
 from pipeline.distributed import SINGLE_PROCESS, Distributed
 from pipeline.errors import MissingInputError
 from pipeline.evaluate import frame_and_utterance_accuracy
-from pipeline.features import PCM_SCALE, SEGMENT_VIDEO_FRAMES, SPEC_FRAMES_PER_VIDEO_FRAME, random_crop, repeat_pad
+from pipeline.features import SEGMENT_VIDEO_FRAMES, SPEC_FRAMES_PER_VIDEO_FRAME, from_pcm16, random_crop, repeat_pad
 from pipeline.models.audio_teachers import SAMPLES_PER_VIDEO_FRAME
 from pipeline.runs import find_store
 from pipeline.training import autocast, autocast_dtype
@@ -28,11 +28,7 @@ class CleanAudio:
 
     def __init__(self, prepared: Path, input_kind: str):
         stem, self.field, self.rows_per_frame = STORES[input_kind]
-        try:
-            self.path = find_store(prepared, stem)
-        except MissingInputError:
-            raise MissingInputError(f"{prepared}: no {stem} store, which a teacher on the {input_kind} reads; run "
-                                    "`avl stage prepare --waveforms` (it adds them to a prepared run)") from None
+        self.path = find_store(prepared, stem, f"a teacher on the {input_kind}")
         self.input_kind, self.store = input_kind, None
 
     def read(self, key: str, first_frame: int | None = None, stop_frame: int | None = None) -> np.ndarray:
@@ -43,7 +39,7 @@ class CleanAudio:
         if key not in self.store:
             raise MissingInputError(f"{self.path}: has no utterance {key!r}; re-run `avl stage prepare`")
         rows = self.store.read(key, self.field, start, stop)
-        return rows.astype(np.float32) / (PCM_SCALE if self.input_kind == "waveform" else 1.0)
+        return from_pcm16(rows) if self.input_kind == "waveform" else rows.astype(np.float32)
 
     def close(self) -> None:
         if self.store is not None:

@@ -25,8 +25,7 @@ import torchaudio
 
 from cache.store import open_store
 from pipeline.config import ConfigError
-from pipeline.errors import MissingInputError
-from pipeline.features import PCM_SCALE, LogSpectrogram, SpectrogramParams
+from pipeline.features import LogSpectrogram, SpectrogramParams, from_pcm16
 from pipeline.runs import find_store
 
 STEPS = ("noise", "lowpass", "bandpass", "mulaw")
@@ -66,11 +65,7 @@ def parse(text: str, sample_rate: int = 16000) -> tuple[Step, ...]:
 
 def waveform_store(prepared: Path) -> Path:
     """Stage 0's waveform store of a prepared run, or an error that says how to make it."""
-    try:
-        return find_store(prepared, "waveforms")
-    except MissingInputError:
-        raise MissingInputError(f"{prepared}: no waveforms store, which degraded audio and audio teachers on the "
-                                "waveform start from; run `avl stage prepare --waveforms`") from None
+    return find_store(prepared, "waveforms", "degraded audio")
 
 
 def utterance_generator(seed: int, key: str) -> np.random.Generator:
@@ -132,7 +127,7 @@ class DegradedSpectrograms:
 
     def waveform(self, key: str) -> np.ndarray:
         """The degraded waveform of `key`, (n,) float32."""
-        clean = self._open().read(key, "waveform").astype(np.float32) / PCM_SCALE
+        clean = from_pcm16(self._open().read(key, "waveform"))
         return apply(self.steps, clean, utterance_generator(self.seed, key), self.params.sample_rate)
 
     def _whole(self, key: str) -> np.ndarray:

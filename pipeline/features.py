@@ -19,6 +19,11 @@ NORMALISATIONS = ("utterance", "frequency-bin")
 PCM_SCALE = 32768.0  # stage 0's waveform store holds 16-bit PCM: sample / PCM_SCALE lies in [-1, 1)
 
 
+def from_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Stage 0's stored 16-bit PCM samples as float32 in [-1, 1)."""
+    return samples.astype(np.float32) / np.float32(PCM_SCALE)
+
+
 @dataclass(frozen=True)
 class SpectrogramParams:
     """Everything needed to recompute a spectrogram exactly; stored with every shard and student."""

@@ -106,14 +106,18 @@ def rank_and_world_size() -> tuple[int, int]:
 STORE_SUFFIX = {backend: SUFFIXES[backend] for backend in DISK_BACKENDS}
 
 
-def find_store(directory: Path, stem: str) -> Path:
+def find_store(directory: Path, stem: str, reader: str | None = None) -> Path:
     """The store a previous stage wrote, whichever backend it used: one store, or the directory of its parts when
-    stage 0 or 2 ran in parts (`open_store` reads that as one store)."""
+    stage 0 or 2 ran in parts (`open_store` reads that as one store). Missing, the error names `reader` (what
+    needs it) and the command that makes it."""
     for suffix in STORE_SUFFIX.values():
         path = directory / f"{stem}{suffix}"
         if path.exists():
             return path
-    raise MissingInputError(f"{directory}: no {stem} store; run `avl stage prepare` first")
+    needs = f", which {reader} reads" if reader else ""
+    make = "`avl stage prepare --waveforms` (it adds them to a prepared run)" if stem == "waveforms" else \
+        "`avl stage prepare` first"
+    raise MissingInputError(f"{directory}: no {stem} store{needs}; run {make}")
 
 
 def one_writer(lock_file: Callable[[Any], Path], every_rank: bool = False):

@@ -53,6 +53,10 @@ class BenchmarkConfig:
         "help": "Train only these studies (and what they need); the report still holds every study's finished "
                 "cells (default: all)."})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto."})
+    reported: Path | None = field(default=None, metadata={
+        "help": "An earlier report directory (e.g. results/benchmark) whose rows fill in the studies WORK holds no "
+                "cell of, where its benchmark.toml defines them exactly as this spec does: a study rerun after the "
+                "work directory is gone, or studies run on other hosts."})
     report_only: bool = field(default=False, metadata={
         "help": "Only rebuild the report from what has finished; train nothing."})
     worker: bool = field(default=False, metadata={
@@ -68,6 +72,8 @@ def run(cfg: BenchmarkConfig) -> Path:
             raise config_io.ConfigError(f"benchmark: no study {name!r}; the spec has "
                                         f"{[study.name for study in spec.studies]}")
     check_settings(cfg, spec)  # every stage's settings, before anything trains
+    if cfg.reported is not None and not cfg.worker:
+        read_results(cfg.work, spec, cfg.reported)  # an unreadable earlier report fails now, not after training
     if not cfg.report_only:
         children = [] if cfg.worker else start_workers(cfg)
         threads = torch.get_num_threads()
@@ -84,11 +90,12 @@ def run(cfg: BenchmarkConfig) -> Path:
             raise RuntimeError(f"benchmark: a worker process failed (exit codes {codes}); its output above says why")
     if cfg.worker:
         return cfg.out
+    results = read_results(cfg.work, spec, cfg.reported)  # before OUT's files are replaced: --reported may be OUT
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "benchmark.toml").write_text(
         "# The spec this report was made from: `avl benchmark --spec results/benchmark/benchmark.toml` reruns it.\n"
         + tomli_w.dumps(spec.document))
-    report = write_report(cfg.out, read_results(cfg.work, spec), time.perf_counter() - started)
+    report = write_report(cfg.out, results, time.perf_counter() - started)
     tqdm.write(f"benchmark: report → {report}")
     return cfg.out
 
@@ -175,11 +182,6 @@ def export_config(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, study: spec
         "device": cfg.device, "num_workers": 0}, f"benchmark study {study.name}: cache of {teacher}'s teacher")
 
 
-def needed_corpora(spec: spec_io.BenchmarkSpec, study: spec_io.StudySpec) -> list[str]:
-    """The corpus entries whose stages a study needs: its own, and the teachers a multi-teacher study names."""
-    return list(dict.fromkeys([study.corpus, *study.teachers()]))
-
-
 # ---------------------------------------------------------------- the work loop
 
 
@@ -187,7 +189,7 @@ def work_through(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec) -> None:
     """Run every corpus's stages and every study's sweeps, skipping for now what another process holds, until
     everything is done."""
     wanted = [s for s in spec.studies if not cfg.studies or s.name in cfg.studies]
-    needed = {c for s in wanted for c in needed_corpora(spec, s)} | \
+    needed = {c for s in wanted for c in spec.corpora_of(s)} | \
         {spec.study(s.temperature_from).corpus for s in wanted if s.temperature_from}
     pending: list[tuple[str, str]] = [("corpus", name) for name in spec.corpora if name in needed]
     for study in wanted:  # a study's temperature source trains first, even if not asked for by name
@@ -230,7 +232,7 @@ def blocked_by(spec: spec_io.BenchmarkSpec, task: tuple[str, str], failed: dict)
     if task[0] == "corpus":
         return None
     study = spec.study(task[1])
-    needs = [("corpus", name) for name in needed_corpora(spec, study)] + \
+    needs = [("corpus", name) for name in spec.corpora_of(study)] + \
         ([("study", study.temperature_from)] if study.temperature_from else [])
     return next((need for need in needs if need in failed), None)
 
@@ -241,7 +243,7 @@ def ready(cfg: BenchmarkConfig, spec: spec_io.BenchmarkSpec, task: tuple[str, st
     if kind == "corpus":
         return True
     study = spec.study(name)
-    if any(("corpus", name) not in done for name in needed_corpora(spec, study)):
+    if any(("corpus", name) not in done for name in spec.corpora_of(study)):
         return False
     return study.temperature_from is None or temperature_choice(cfg.work, spec, spec.study(study.temperature_from),
                                                                 cfg.device) is not None

@@ -1,15 +1,20 @@
 """`avl benchmark`'s studies as stage configs: a study as `avl sweep` configs (or, for an emotion study, an `avl
 protocol` config), its finished students as rows, the soft-label temperature a temperature study chooses on
-validation accuracy, and everything the report reads (pipeline/evidence/report.py's Results)."""
+validation accuracy, and everything the report reads (pipeline/evidence/report.py's Results), from the work directory
+and, for studies it holds nothing of, from an earlier report."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from tqdm import tqdm
+
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.cells import collect, grid
-from pipeline.evidence.report import Results
+from pipeline.errors import UserError
+from pipeline.evidence import spec as spec_io
+from pipeline.evidence.report import Results, read_rows
 from pipeline.evidence.spec import BenchmarkSpec, StudySpec
 from pipeline.report import mean_std
 from stages import protocol
@@ -129,9 +134,9 @@ def temperature_choice(work: Path, spec: BenchmarkSpec, study: StudySpec, device
     return max((stat[0], -t, t) for t, stat in scores.items() if stat is not None)[2]
 
 
-def read_results(work: Path, spec: BenchmarkSpec) -> Results:
+def read_results(work: Path, spec: BenchmarkSpec, reported: Path | None = None) -> Results:
     """Every study's finished rows, every corpus's teacher (an emotion study's: the mean of its folds') and the
-    temperatures chosen so far."""
+    temperatures chosen so far; with `reported`, what take_reported fills in from that earlier report."""
     temperatures = {s.name: temperature_choice(work, spec, s) for s in spec.by_role("temperature")}
     rows = {s.name: study_rows(work, spec, s, temperatures.get(s.temperature_from) if s.temperature_from else None)
             for s in spec.studies}
@@ -144,4 +149,38 @@ def read_results(work: Path, spec: BenchmarkSpec) -> Results:
         values = [fold["ua"] if fold.get("ua") is not None else fold["accuracy"] for fold in folds]
         if values:
             teachers[study.corpus] = {"test": {"utterance_accuracy": sum(values) / len(values)}, "folds": len(values)}
-    return Results(spec, rows, teachers, temperatures)
+    results = Results(spec, rows, teachers, temperatures)
+    if reported is not None:
+        take_reported(results, reported)
+    return results
+
+
+def take_reported(results: Results, directory: Path) -> None:
+    """Fill in the studies of which the work directory holds no finished cell from the earlier report in
+    `directory` (its benchmark.toml, results.csv and summary.json): their rows, and the teachers and temperatures
+    they rest on. A study is taken only where that report's spec defines it exactly as this one does
+    (BenchmarkSpec.definition: its settings, corpora, shared student settings and the studies it rests on), so a
+    changed study is trained again, never silently reused. Taken studies are listed in `results.reported`."""
+    spec = results.spec
+    paths = {name: directory / name for name in ("benchmark.toml", "results.csv", "summary.json")}
+    for path in paths.values():
+        if not path.is_file():
+            raise UserError(f"{path}: missing; --reported takes a report directory written by `avl benchmark`")
+    earlier = spec_io.load(paths["benchmark.toml"])
+    rows = read_rows(paths["results.csv"])
+    summary = runs.read_json(paths["summary.json"])
+    earlier_names = {study.name for study in earlier.studies}
+    for study in spec.studies:
+        if results.rows[study.name] or study.name not in earlier_names or not rows.get(study.name):
+            continue
+        if earlier.definition(study.name) != spec.definition(study.name):
+            tqdm.write(f"benchmark: study {study.name} is defined otherwise in {paths['benchmark.toml']}; its "
+                       "earlier rows are not used")
+            continue
+        results.rows[study.name] = rows[study.name]
+        results.reported[study.name] = directory
+        for corpus in spec.corpora_of(study):  # its definition equal, so the same teacher
+            if not results.teachers.get(corpus) and (summary.get("teachers") or {}).get(corpus) is not None:
+                results.teachers[corpus] = {"test": {"utterance_accuracy": summary["teachers"][corpus]}}
+        if study.role == "temperature" and results.temperatures.get(study.name) is None:
+            results.temperatures[study.name] = (summary.get("temperatures") or {}).get(study.name)

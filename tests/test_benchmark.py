@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 
 from pipeline.config import ConfigError
+from pipeline.errors import UserError
 from pipeline.evidence import spec as spec_io
 from pipeline.evidence.claims import better, no_harm
 from pipeline.evidence.stats import Paired, format_paired, paired, t975
@@ -151,6 +154,33 @@ def test_tiny_benchmark_runs_reports_and_resumes(tmp_path, one_torch_thread, cap
     out = capsys.readouterr().out + capsys.readouterr().err
     assert "0 cells trained this time" in out and "training the teacher" not in out
     assert (tmp_path / "out" / "benchmark.toml").read_text().startswith("# The spec this report was made from")
+
+    # The work directory gone (a fresh host): every study is taken from the earlier report, unchanged ...
+    earlier = tmp_path / "earlier"
+    shutil.copytree(tmp_path / "out", earlier)
+    again = replace(cfg, work=tmp_path / "empty", out=tmp_path / "again", report_only=True, reported=earlier)
+    benchmark.run(again)
+    assert (tmp_path / "again" / "results.csv").read_text() == (earlier / "results.csv").read_text()
+    retold = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert retold["verdicts"] == summary["verdicts"] and retold["teachers"] == summary["teachers"]
+    assert retold["temperatures"] == summary["temperatures"] and set(retold["reported_from"]) == {
+        study["name"] for study in TINY_SPEC["studies"]}
+    assert "taken from the earlier report" in (tmp_path / "again" / "report.md").read_text()
+    # ... but a study defined otherwise now (another λ grid for the null corpus) is not: it has to train again
+    changed = json.loads(json.dumps(TINY_SPEC))
+    changed["studies"][3]["lambdas"] = [0.0, 0.25]
+    path.write_text(tomli_w.dumps(changed))
+    benchmark.run(again)
+    retold = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert "null" not in retold["reported_from"] and "main" in retold["reported_from"]
+    assert "have not finished" in (tmp_path / "again" / "report.md").read_text()
+    # a damaged table is refused by file and line
+    header, first, *rest = (earlier / "results.csv").read_text().splitlines()
+    fields = first.split(",")
+    fields[7] = "one hundred"  # the seed
+    (earlier / "results.csv").write_text("\n".join([header, ",".join(fields), *rest]) + "\n")
+    with pytest.raises(UserError, match=r"results.csv, line 2"):
+        benchmark.run(again)
 
 
 def test_a_sequential_teacher_windows_the_students_crop_and_a_failed_corpus_blocks_its_studies(tmp_path):

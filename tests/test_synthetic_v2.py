@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import pytest
 from pipeline import config as config_io
 from pipeline.datasets.synthetic import SynthConfig, synthesize
 from pipeline.datasets.synthetic import corpus as corpus_v1
-from pipeline.datasets.synthetic.corpus_v2 import plan_person, sample_person
+from pipeline.datasets.synthetic import corpus_v2
+from pipeline.datasets.synthetic.corpus_v2 import plan_person, render_take, sample_person
 from pipeline.datasets.synthetic.face import render_talking_face
 from pipeline.datasets.synthetic.latent import EMOTION_CLASSES, arousal_track, mixed_track
 from pipeline.datasets.synthetic.voice import channel_response, speech
@@ -123,6 +125,35 @@ def test_emotion_classes_follow_the_arousal_level_and_contour():
         slopes = np.array([track[-10:].mean() - track[:10].mean() for track in tracks])
         assert np.all(means < 0.45) if level == "low" else np.all(means > 0.55), (emotion, means)
         assert np.mean(slopes > 0 if contour == "rising" else slopes < 0) > 0.9, (emotion, slopes)
+
+
+def test_expression_shows_the_class_on_the_face_and_in_the_voice_and_nowhere_else():
+    """Mouth corners up for a rising class, down for a falling one; formants up or down with them and quicker
+    syllables when aroused; boxes and truth are the corpus without it; a speaker corpus refuses the setting."""
+    plain = SynthConfig(preset="emotion", occlusion=0.0, **SMALL)  # no occluder to hide the mark
+    shown = replace(plain, expression=1.0, vocal_expression=1.0)
+    person = sample_person(plain, 0)
+    takes = {take.emotion: take for take in reversed(plan_person(plain, person, 0))}
+    curls, voices = {}, {}
+    for emotion, take in takes.items():
+        before, after = render_take(plain, person, take), render_take(shown, person, take)
+        assert np.array_equal(before[2], after[2]) and before[3] == after[3] and not np.array_equal(before[0], after[0])
+        changed = np.abs(after[1].astype(int) - before[1].astype(int)).sum(axis=(0, 3)) > 0  # (S, S) pixels
+        assert 0 < changed.mean() < 0.1, emotion  # a mark, not a new face (the mouth moves with the new voice)
+        level = 0.8 if EMOTION_CLASSES[emotion][0] == "high" else 0.2
+        curls[emotion] = corpus_v2._expression(shown, take, np.full(take.n_frames, level))[1]
+        voices[emotion] = corpus_v2._expressed_voice(shown, take, person.voice, np.full(take.n_frames, level))
+    assert curls["calm"] > 0.5 and curls["happy"] > 0.5 and curls["sad"] < -0.5 and curls["angry"] < -0.5
+    assert voices["happy"].formants[0] == pytest.approx(person.voice.formants[0] * 1.05, abs=0.1)
+    assert voices["sad"].formants[2] == pytest.approx(person.voice.formants[2] * 0.95, abs=0.1)
+    assert voices["angry"].speaking_rate > person.voice.speaking_rate > voices["calm"].speaking_rate
+    null = replace(shown, shared_strength=0.0)  # the face's curl has nothing to do with the class
+    assert {corpus_v2._expression(null, take, np.zeros(1))[1] > 0 for take in plan_person(null, person, 0)} == {
+        True, False}
+    face_only = render_take(replace(plain, expression=1.0), person, takes["happy"])
+    assert np.array_equal(face_only[0], render_take(plain, person, takes["happy"])[0])  # each knob its modality
+    with pytest.raises(ValueError, match="need the emotion task"):
+        SynthConfig(preset="correlated", vocal_expression=1.0)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,12 @@ validation accuracy, so no test number picks it.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from pipeline import runs
 from pipeline.cells import BASELINE, METRICS
+from pipeline.errors import UserError
 from pipeline.evidence.claims import claims
 from pipeline.evidence.spec import BenchmarkSpec, StudySpec
 from pipeline.evidence.stats import format_paired, paired
@@ -30,6 +32,10 @@ from pipeline.report import (
     write_markdown,
 )
 
+CSV_COLUMNS = ["study", "condition", "cell", "method", "level", "arch", "lambda", "seed", "temperature",
+               *(m[1] for m in METRICS), "val_accuracy", "train_seconds", "parameters", "teacher_fingerprint"]
+_CSV_TYPES = {"condition": str, "cell": str, "method": str, "level": str, "arch": str, "seed": int, "parameters": int,
+              "teacher_fingerprint": str}  # the rest are floats
 PLOTTED = {"main": "correlated corpus, Fig. 4 shape", "null": "null corpus: nothing shared but the label",
            "weak-teacher": "weak teacher, Fig. 6 shape", "emotion": "emotion, leave-one-speaker-out, Fig. 5 shape"}
 
@@ -48,6 +54,7 @@ class Results:
     def __init__(self, spec: BenchmarkSpec, rows: dict[str, list[dict]], teachers: dict[str, dict],
                  temperatures: dict[str, float | None]) -> None:
         self.spec, self.rows, self.teachers, self.temperatures = spec, rows, teachers, temperatures
+        self.reported: dict[str, Path] = {}  # study → the earlier report its rows were taken from
 
     def folds(self, study: StudySpec) -> list[int]:
         """An emotion study's folds (its paired units): those it names, else one per actor of its corpus."""
@@ -199,14 +206,33 @@ def corpus_table(results: Results) -> list[str]:
     return markdown_table(["corpus", "study", "teacher test accuracy (%)", "audio-only top-1 (%)", "seeds"], rows)
 
 
+def read_rows(path: Path) -> dict[str, list[dict]]:
+    """An earlier report's results.csv as study name → rows, typed as the rows it was written from."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path}: not a benchmark results table: no column {', '.join(missing)}")
+            records = list(reader)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the earlier report's results: {error}") from error
+    rows: dict[str, list[dict]] = {}
+    for line, record in enumerate(records, start=2):
+        try:
+            row = {key: (None if record[key] == "" else _CSV_TYPES.get(key, float)(record[key]))
+                   for key in CSV_COLUMNS if key != "study"}
+        except ValueError as error:
+            raise UserError(f"{path}, line {line}: {error}") from error
+        rows.setdefault(record["study"], []).append(row)
+    return rows
+
+
 def write_report(out: Path, results: Results, elapsed: float) -> Path:
     spec = results.spec
     out.mkdir(parents=True, exist_ok=True)
     all_rows = [{"study": name, **row} for name, rows in results.rows.items() for row in rows]
-    write_csv(out / "results.csv", ["study", "condition", "cell", "method", "level", "arch", "lambda", "seed",
-                                    "temperature", *(m[1] for m in METRICS), "val_accuracy", "train_seconds",
-                                    "parameters", "teacher_fingerprint"],
-              [{"temperature": None, "condition": None, **row} for row in all_rows])
+    write_csv(out / "results.csv", CSV_COLUMNS, [{"temperature": None, "condition": None, **row} for row in all_rows])
     verdicts = claims(results)
     plots = []
     for study in spec.studies:
@@ -227,6 +253,7 @@ def write_report(out: Path, results: Results, elapsed: float) -> Path:
     runs.write_json(out / "summary.json", {
         "temperatures": results.temperatures, "teachers": {c: results.teacher_accuracy(c) for c in spec.corpora},
         "verdicts": [verdict.as_dict() for verdict in verdicts],
+        "reported_from": {name: str(path) for name, path in results.reported.items()},
         "studies": {s.name: [{"method": m, "level": lv, "lambda": lam,
                               **{k: stat_dict(results.stat(s, m, lam, k, lv)) for k in ("top1", "eer", "val_accuracy")}}
                              for m in s.methods for lv in s.levels for lam in s.lambdas]
@@ -266,6 +293,12 @@ def write_report(out: Path, results: Results, elapsed: float) -> Path:
     notes = [] if len(all_rows) >= expected else [
         f"**{expected - len(all_rows)} of {expected} cells have not finished**; every table holds what has, and "
         "a verdict without enough pairs says so. Run `avl benchmark` again to continue."]
+    if results.reported:
+        sources = sorted({str(path) for path in results.reported.values()})
+        notes.append(f"Studies {', '.join(results.reported)} are taken from the earlier report in "
+                     f"{', '.join(f'`{source}`' for source in sources)}: the work directory holds none of their cells, "
+                     "and that report's spec defines each of them (settings, corpora, teachers, the studies they rest "
+                     "on) exactly as this one. Their teachers' and temperatures' numbers come from there too.")
     temperatures = ", ".join(f"{name}: T = {t:g}" if t is not None else f"{name}: not chosen yet"
                              for name, t in results.temperatures.items())
     settings = (f"Students `{spec.arch}`{' (tiny)' if spec.tiny else ''}, {spec.epochs} epochs, batch "

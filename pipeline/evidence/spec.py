@@ -23,9 +23,10 @@ A study is one `avl sweep` on a corpus's run. Its `role` says which claim it ans
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.config import ConfigError
@@ -176,6 +177,25 @@ class BenchmarkSpec:
     def synth_corpus(self, name: str) -> str:
         """The corpus entry whose synthesised corpus `name` uses."""
         return self.corpora[name].corpus_of or name
+
+    def corpora_of(self, study: StudySpec) -> list[str]:
+        """The corpus entries whose stages a study needs: its own, and the teachers a multi-teacher study names."""
+        return list(dict.fromkeys([study.corpus, *study.teachers()]))
+
+    def definition(self, name: str) -> str:
+        """Everything study `name`'s numbers rest on, as canonical JSON: the shared student settings, the study, the
+        corpus entries it needs (with the synthesis settings of the corpus each shares) and, recursively, the studies
+        it takes its baseline or temperature from. Two specs that define a study equally train the same cells."""
+        study = self.study(name)
+        shared = {key: getattr(self, key) for key in ("arch", "tiny", "epochs", "batch_size", "crop_seconds",
+                                                      "student")}
+        corpora = {corpus: {**asdict(self.corpora[corpus]),
+                            "synthesised": self.corpora[self.synth_corpus(corpus)].synth}
+                   for corpus in self.corpora_of(study)}
+        rests_on = {other: json.loads(self.definition(other)) for other in (study.baseline, study.temperature_from)
+                    if other}
+        return json.dumps({"shared": shared, "study": asdict(study), "corpora": corpora, "rests_on": rests_on},
+                          sort_keys=True)
 
 
 _TOP_KEYS = {"seeds", "arch", "tiny", "epochs", "batch_size", "crop_seconds", "student", "corpora", "studies"}

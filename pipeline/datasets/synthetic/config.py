@@ -23,7 +23,7 @@ _CORRELATED = {
     **V1_DEFAULTS, "task": "speaker", "n_speakers": 16, "utterances_per_speaker": 40, "videos_per_speaker": 8,
     "min_seconds": 3.0, "max_seconds": 6.0, "shared_strength": 0.9, "video_noise": 0.04, "occlusion": 0.3,
     "blur": 1.0, "pose_jitter": 1.5, "lighting": 0.15, "audio_noise": 0.5, "audio_nuisance": 1.0,
-    "test_share": 0.2, "val_share": 0.1,
+    "test_share": 0.2, "val_share": 0.1, "expression": 0.0, "vocal_expression": 0.0,
 }
 _EMOTION = {**_CORRELATED, "task": "emotion", "n_speakers": 8, "n_verification_speakers": 0, "n_trials": 0,
             "utterances_per_speaker": 48, "videos_per_speaker": 4}
@@ -85,6 +85,15 @@ class SynthConfig:
     audio_nuisance: float | None = field(default=None, metadata={
         "help": "Version 2: per-video and per-utterance channel colouring and pitch-register shifts relative to "
                 "the preset's (1 = 5 dB + 3 dB channel, ±12 % register).", "min": 0.0, "max": 4.0})
+    expression: float | None = field(default=None, metadata={
+        "help": "Version 2, emotion task: strength of the emotion's facial expression (mouth corners curled up for "
+                "calm and happy, down for sad and angry, longer with arousal); 0 shows the class only through the "
+                "arousal's brows, eyes and mouth opening, as the emotion preset.", "min": 0.0, "max": 4.0})
+    vocal_expression: float | None = field(default=None, metadata={
+        "help": "Version 2, emotion task: strength of the emotion's vocal expression (formants 5 % per unit up for "
+                "calm and happy, down for sad and angry, as a smile shortens the tract; syllables quicker with "
+                "arousal); 0 leaves the class to the arousal's pitch, loudness and brightness, as the emotion preset.",
+        "min": 0.0, "max": 4.0})
     test_share: float | None = field(default=None, metadata={
         "help": "Version 2, speaker task: share of each speaker's videos in the test split (at least one video).",
         "min": 0.0, "max": 1.0})
@@ -167,6 +176,10 @@ class SynthConfig:
                 problems.append("the emotion task's RAVDESS names hold at most 64 utterances per speaker")
         if not 0 <= self.shared_strength <= 1 or not 0 <= self.occlusion <= 1:
             problems.append("shared_strength and occlusion must lie in [0, 1]")
+        if (self.expression or self.vocal_expression) and self.task != "emotion":
+            problems.append("expression and vocal_expression show an emotion class: they need the emotion task")
+        if not (0 <= self.expression <= 4 and 0 <= self.vocal_expression <= 4):
+            problems.append("expression and vocal_expression must lie in [0, 4]")
         if min(self.blur, self.pose_jitter, self.lighting, self.audio_nuisance) < 0 or self.audio_nuisance > 4:
             problems.append("blur, pose_jitter, lighting and audio_nuisance must be >= 0, audio_nuisance <= 4")
         return problems

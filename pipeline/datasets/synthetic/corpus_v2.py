@@ -13,7 +13,7 @@ utterance has its own seeds: any one can be regenerated alone.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +169,8 @@ def render_take(cfg: SynthConfig, person: Person, take: Take) -> tuple[np.ndarra
     nuisance = cfg.audio_nuisance
     channel_db = (channel_response(scene_rng, _CHANNEL_DB[0] * nuisance)
                   + channel_response(rng, _CHANNEL_DB[1] * nuisance))
-    clean = speech(person.voice, rng, n_samples, cfg.sample_rate, channel_db, arousal, _REGISTER_SPREAD * nuisance)
+    clean = speech(_expressed_voice(cfg, take, person.voice, arousal), rng, n_samples, cfg.sample_rate, channel_db,
+                   arousal, _REGISTER_SPREAD * nuisance)
     if cfg.shared_strength > 0:
         opening = mouth_opening(clean, samples_per_frame)  # lips follow the utterance's own speech
     else:  # the null corpus: not even the lips' timing is shared
@@ -179,8 +180,35 @@ def render_take(cfg: SynthConfig, person: Person, take: Take) -> tuple[np.ndarra
     audio = (noisy * (rng.uniform(0.35, 0.8) / (np.abs(noisy).max() + 1e-8))).astype(np.float32)
     spoil = spoiler(spoil_rng, cfg.occlusion, cfg.blur, cfg.lighting, cfg.frame_size)
     frames, boxes = render_talking_face(person.face, opening, scene_rng, rng, cfg.frame_size, cfg.fps,
-                                        cfg.video_noise, arousal=seen, pose_jitter=cfg.pose_jitter, degrade=spoil)
+                                        cfg.video_noise, arousal=seen, pose_jitter=cfg.pose_jitter, degrade=spoil,
+                                        expression=_expression(cfg, take, seen))
     return audio, frames, boxes, (rounded(arousal.mean()), rounded(_slope(arousal)), rounded(seen.mean()))
+
+
+def _expressed_voice(cfg: SynthConfig, take: Take, voice: Voice, arousal: np.ndarray) -> Voice:
+    """The emotion task's vocal expression (`cfg.vocal_expression` > 0): a smile shortens the tract, so every
+    formant rises for a rising class (calm, happy) and falls for a falling one (sad, angry), 5 % per unit of
+    strength; and the syllables quicken with the utterance's arousal. The voice unchanged otherwise."""
+    if not cfg.vocal_expression or take.emotion is None:
+        return voice
+    valence = 1.0 if EMOTION_CLASSES[take.emotion][1] == "rising" else -1.0
+    strength = cfg.vocal_expression
+    formants = tuple(rounded(f * (1.0 + 0.05 * strength * valence), 1) for f in voice.formants)
+    rate = voice.speaking_rate * (1.0 + 0.25 * strength * (float(arousal.mean()) - 0.5))
+    return replace(voice, formants=formants, speaking_rate=rate)
+
+
+def _expression(cfg: SynthConfig, take: Take, seen: np.ndarray) -> tuple[float, float, np.ndarray] | None:
+    """The emotion task's facial expression (`cfg.expression` > 0) as (strength, curl, level): mouth corners curled
+    up (curl 1) for a rising class (calm, happy), down (-1) for a falling one (sad, angry), mixed with an unrelated
+    curl as `shared_strength` says, as long as the arousal the face shows. None (nothing drawn, nothing drawn at
+    random) otherwise, so corpora without it stay byte for byte what they were."""
+    if not cfg.expression or take.emotion is None:
+        return None
+    rng = np.random.default_rng([cfg.seed, 8, take.speaker, take.index])  # a stream of its own
+    valence = 1.0 if EMOTION_CLASSES[take.emotion][1] == "rising" else -1.0
+    curl = np.sqrt(cfg.shared_strength) * valence + np.sqrt(1.0 - cfg.shared_strength) * rng.uniform(-1.0, 1.0)
+    return cfg.expression, float(np.clip(curl, -1.0, 1.0)), seen
 
 
 def widened(boxes: np.ndarray, margin: float) -> np.ndarray:

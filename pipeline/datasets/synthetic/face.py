@@ -183,13 +183,16 @@ def render_talking_face(
     arousal: np.ndarray | None = None,
     pose_jitter: float = 1.0,
     degrade: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    expression: tuple[float, float, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames (T, size, size, 3) uint8 of a talking face in a per-video scene with per-utterance nuisance, and the
     face's box in each, (T, 4) x0 y0 x1 y1 pixels: the skin ellipse's bounds (forehead to chin, cheek to cheek,
     without hair or neck), the ground truth for a face detector.
 
     Version 2: `arousal` (T,) in [0, 1] raises the brows and widens the eyes and the mouth; `pose_jitter` scales
-    every pose range; `degrade(image, boxes)` spoils the painted planar (3, T, S, S) frames before the pixel noise."""
+    every pose range; `degrade(image, boxes)` spoils the painted planar (3, T, S, S) frames before the pixel noise;
+    `expression` (strength, curl, (T,) level) draws mouth-corner creases turned up (curl > 0) or down, longer with
+    the level."""
     count = len(opening)
     # Planar (3, T, S, S): each blend then runs over contiguous per-channel blocks.
     image = np.empty((3, count, size, size), dtype=np.float32)
@@ -202,6 +205,8 @@ def render_talking_face(
         opening, blinks = opening * (0.6 + 0.8 * level), blinks * (0.75 + 0.5 * level)
         brow_shift = (0.06 * (level - 0.5))[:, None, None]  # (T, 1, 1) head units
     _draw_head(painter, face, opening, shirt, blinks, brow_shift)
+    if expression is not None:
+        _draw_expression(painter, face, *expression)
     image *= np.float32(255 * rng.uniform(0.8, 1.15))
     boxes = _face_boxes(painter, face)
     if degrade is not None:
@@ -314,6 +319,18 @@ def _draw_eyes(painter: _Painter, face: Face, openness: np.ndarray, brow_shift: 
             lens = _Ellipse(x, y, face.eye_width * 1.35, face.eye_width * 1.0)
             frame = _Ellipse(x, y, face.eye_width * 1.6, face.eye_width * 1.28)
             painter.fill(frame, (0.1, 0.1, 0.12), mask=_inside(lens, painter.edge, invert=True))
+
+
+def _draw_expression(painter: _Painter, face: Face, strength: float, curl: float, level: np.ndarray) -> None:
+    """An emotion's expression at the mouth's corners: a short crease each side, raised and turned up for a curl in
+    (0, 1] (a smile), lowered and turned down for one in [-1, 0), as long as the arousal `level` (T,) is high;
+    `strength` scales its size."""
+    length = (strength * (0.02 + 0.08 * level.astype(np.float32)))[:, None, None]  # (T, 1, 1) head units
+    for side in (-1, 1):
+        x = side * (face.mouth_width + 0.045 * strength)
+        crease = _Ellipse(x, face.mouth_y - 0.025 * strength * curl, length, 0.009 * strength**0.5,
+                          -side * 0.7 * curl)
+        painter.fill(crease, np.array(face.skin) * 0.45)
 
 
 def _draw_mouth(painter: _Painter, face: Face, opening: np.ndarray) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol
 
 import av
 import numpy as np
@@ -58,7 +59,14 @@ def write_text(path: Path, lines: list[str]) -> None:
     os.replace(temporary, path)
 
 
-def trial_lines(rng: np.random.Generator, utterances: list[_Utterance], n_trials: int) -> list[str]:
+class Spoken(Protocol):
+    """What trial_lines reads of an utterance (corpus v1's _Utterance, v2's Take)."""
+
+    key: str
+    speaker: int
+
+
+def trial_lines(rng: np.random.Generator, utterances: list[Spoken], n_trials: int) -> list[str]:
     """veri_test.txt lines: half same-speaker, half different-speaker pairs, no pair twice, none with itself."""
     keys = [utterance.key for utterance in utterances]
     speakers = np.array([utterance.speaker for utterance in utterances])
