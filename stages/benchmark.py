@@ -73,7 +73,7 @@ def run(cfg: BenchmarkConfig) -> Path:
                                         f"{[study.name for study in spec.studies]}")
     check_settings(cfg, spec)  # every stage's settings, before anything trains
     if cfg.reported is not None and not cfg.worker:
-        read_results(cfg.work, spec, cfg.reported)  # an unreadable earlier report fails now, not after training
+        read_results(cfg.work, spec, cfg.reported, quiet=True)  # an unreadable earlier report fails now
     if not cfg.report_only:
         children = [] if cfg.worker else start_workers(cfg)
         threads = torch.get_num_threads()
@@ -91,11 +91,10 @@ def run(cfg: BenchmarkConfig) -> Path:
     if cfg.worker:
         return cfg.out
     results = read_results(cfg.work, spec, cfg.reported)  # before OUT's files are replaced: --reported may be OUT
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / "benchmark.toml").write_text(
-        "# The spec this report was made from: `avl benchmark --spec results/benchmark/benchmark.toml` reruns it.\n"
-        + tomli_w.dumps(spec.document))
-    report = write_report(cfg.out, results, time.perf_counter() - started)
+    spec_text = ("# The spec this report was made from: `avl benchmark --spec results/benchmark/benchmark.toml` "
+                 "reruns it.\n" + tomli_w.dumps(spec.document))
+    report = write_report(cfg.out, results, time.perf_counter() - started, spec_text)
+    (cfg.out / "benchmark.toml").write_text(spec_text)  # summary.json holds its digest: a stop in between is seen
     tqdm.write(f"benchmark: report → {report}")
     return cfg.out
 

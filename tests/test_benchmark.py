@@ -175,12 +175,42 @@ def test_tiny_benchmark_runs_reports_and_resumes(tmp_path, one_torch_thread, cap
     assert "null" not in retold["reported_from"] and "main" in retold["reported_from"]
     assert "have not finished" in (tmp_path / "again" / "report.md").read_text()
     # a damaged table is refused by file and line
-    header, first, *rest = (earlier / "results.csv").read_text().splitlines()
+    # a damaged or mismatched earlier report is refused by file (and line)
+    table = (earlier / "results.csv").read_text()
+    header, first, *rest = table.splitlines()
     fields = first.split(",")
     fields[7] = "one hundred"  # the seed
     (earlier / "results.csv").write_text("\n".join([header, ",".join(fields), *rest]) + "\n")
-    with pytest.raises(UserError, match=r"results.csv, line 2"):
+    with pytest.raises(UserError, match=r"results.csv: not the file .*summary.json was written with"):
+        benchmark.run(again)  # edited since: its digest no longer matches
+    summary_path = earlier / "summary.json"
+    summary_path.write_text(json.dumps({k: v for k, v in json.loads(summary_path.read_text()).items()
+                                        if k != "results_sha256"}))  # a report from before the digests
+    with pytest.raises(UserError, match=r"results.csv, line 2: column seed holds 'one hundred'"):
         benchmark.run(again)
+    (earlier / "results.csv").write_text("\n".join([header, ",".join(fields[:5]), *rest]) + "\n")
+    with pytest.raises(UserError, match=r"results.csv, line 2: not 19 fields"):
+        benchmark.run(again)
+    (earlier / "results.csv").write_text(table)
+    (earlier / "benchmark.toml").write_text((earlier / "benchmark.toml").read_text() + "\n# edited\n")
+    with pytest.raises(UserError, match=r"benchmark.toml: not the file"):
+        benchmark.run(again)
+
+
+def test_a_study_definition_covers_the_corpora_and_studies_it_rests_on():
+    """What --reported compares: a change anywhere a study's numbers rest on changes its definition, and only its."""
+    document = json.loads(json.dumps(TINY_SPEC))
+    spec = spec_io.parse(document)
+    changed = json.loads(json.dumps(TINY_SPEC))
+    changed["studies"][0]["temperatures"] = [1.0, 2.0]  # the temperature study: main takes its T
+    changed["corpora"]["correlated"]["synth"]["audio_noise"] = 0.1  # multi's corpus shares correlated's
+    other = spec_io.parse(changed)
+    differs = {study.name for study in spec.studies if spec.definition(study.name) != other.definition(study.name)}
+    assert differs == {"temperature", "main", "control-shuffled", "multi"}  # the control rests on main's λ = 0
+    changed = json.loads(json.dumps(TINY_SPEC))
+    changed["epochs"] = 2  # shared student settings: every study
+    other = spec_io.parse(changed)
+    assert all(spec.definition(s.name) != other.definition(s.name) for s in spec.studies)
 
 
 def test_a_sequential_teacher_windows_the_students_crop_and_a_failed_corpus_blocks_its_studies(tmp_path):

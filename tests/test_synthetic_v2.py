@@ -7,14 +7,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline import config as config_io
-from pipeline.datasets.synthetic import SynthConfig, synthesize
+from pipeline.datasets.synthetic import GENERATOR_VERSION, SynthConfig, synthesize, synthesize_or_reuse
 from pipeline.datasets.synthetic import corpus as corpus_v1
 from pipeline.datasets.synthetic import corpus_v2
 from pipeline.datasets.synthetic.corpus_v2 import plan_person, render_take, sample_person
@@ -154,6 +154,26 @@ def test_expression_shows_the_class_on_the_face_and_in_the_voice_and_nowhere_els
     assert np.array_equal(face_only[0], render_take(plain, person, takes["happy"])[0])  # each knob its modality
     with pytest.raises(ValueError, match="need the emotion task"):
         SynthConfig(preset="correlated", vocal_expression=1.0)
+
+
+def test_expression_0_renders_what_the_emotion_preset_rendered_before_it_existed(tmp_path):
+    """Numbers taken at the commit before the expression knobs (same config and seed); a speakers.json written then,
+    without the new keys, is reused as the same corpus."""
+    cfg = SynthConfig(preset="emotion", **SMALL)
+    person = sample_person(cfg, 0)
+    pinned = [("Actor_01/01-04-01-01-01-01", 83.47510806801509, 141.6031539351852, 3834.6707706451416),
+              ("Actor_01/01-02-01-01-01-01", 76.47814710035023, 143.2960551697531, 3297.7552881240845)]
+    for take, (key, energy, brightness, box_sum) in zip(plan_person(cfg, person, 0), pinned):
+        audio, frames, boxes, _ = render_take(cfg, person, take)
+        assert take.key == key
+        assert float(np.square(audio, dtype=np.float64).sum()) == pytest.approx(energy, rel=1e-5)
+        assert float(frames.mean(dtype=np.float64)) == pytest.approx(brightness, rel=1e-5)
+        assert float(boxes.sum()) == pytest.approx(box_sum, rel=1e-6)
+    before = {key: value for key, value in asdict(cfg).items() if key not in ("expression", "vocal_expression")}
+    (tmp_path / "speakers.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, "config": before}))
+    assert synthesize_or_reuse(tmp_path, cfg, "test") == tmp_path
+    with pytest.raises(ValueError, match="other settings"):
+        synthesize_or_reuse(tmp_path, replace(cfg, expression=1.0), "test")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ validation accuracy, so no test number picks it.
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 from pipeline import runs
@@ -219,16 +220,26 @@ def read_rows(path: Path) -> dict[str, list[dict]]:
         raise UserError(f"{path}: cannot read the earlier report's results: {error}") from error
     rows: dict[str, list[dict]] = {}
     for line, record in enumerate(records, start=2):
-        try:
-            row = {key: (None if record[key] == "" else _CSV_TYPES.get(key, float)(record[key]))
-                   for key in CSV_COLUMNS if key != "study"}
-        except ValueError as error:
-            raise UserError(f"{path}, line {line}: {error}") from error
+        if None in record or None in record.values():  # csv's marks of a line with more or fewer fields
+            raise UserError(f"{path}, line {line}: not {len(reader.fieldnames)} fields as the header has")
+        row = {}
+        for key in CSV_COLUMNS[1:]:
+            try:
+                row[key] = None if record[key] == "" else _CSV_TYPES.get(key, float)(record[key])
+            except ValueError:
+                raise UserError(f"{path}, line {line}: column {key} holds {record[key]!r}") from None
         rows.setdefault(record["study"], []).append(row)
     return rows
 
 
-def write_report(out: Path, results: Results, elapsed: float) -> Path:
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_report(out: Path, results: Results, elapsed: float, spec_text: str = "") -> Path:
+    """Every file of the report; summary.json records the sha256 of results.csv and of `spec_text` (the
+    benchmark.toml the caller writes beside it), so a report whose files come from different invocations (one
+    stopped halfway) is recognised by `--reported`."""
     spec = results.spec
     out.mkdir(parents=True, exist_ok=True)
     all_rows = [{"study": name, **row} for name, rows in results.rows.items() for row in rows]
@@ -254,6 +265,8 @@ def write_report(out: Path, results: Results, elapsed: float) -> Path:
         "temperatures": results.temperatures, "teachers": {c: results.teacher_accuracy(c) for c in spec.corpora},
         "verdicts": [verdict.as_dict() for verdict in verdicts],
         "reported_from": {name: str(path) for name, path in results.reported.items()},
+        "results_sha256": digest(out / "results.csv"),
+        "spec_sha256": hashlib.sha256(spec_text.encode()).hexdigest(),
         "studies": {s.name: [{"method": m, "level": lv, "lambda": lam,
                               **{k: stat_dict(results.stat(s, m, lam, k, lv)) for k in ("top1", "eer", "val_accuracy")}}
                              for m in s.methods for lv in s.levels for lam in s.lambdas]
@@ -298,7 +311,8 @@ def write_report(out: Path, results: Results, elapsed: float) -> Path:
         notes.append(f"Studies {', '.join(results.reported)} are taken from the earlier report in "
                      f"{', '.join(f'`{source}`' for source in sources)}: the work directory holds none of their cells, "
                      "and that report's spec defines each of them (settings, corpora, teachers, the studies they rest "
-                     "on) exactly as this one. Their teachers' and temperatures' numbers come from there too.")
+                     "on) exactly as this one. Their teachers' accuracy comes from there where the work directory "
+                     "has no teacher of their corpus (an emotion study's always).")
     temperatures = ", ".join(f"{name}: T = {t:g}" if t is not None else f"{name}: not chosen yet"
                              for name, t in results.temperatures.items())
     settings = (f"Students `{spec.arch}`{' (tiny)' if spec.tiny else ''}, {spec.epochs} epochs, batch "

@@ -27,6 +27,9 @@ _CORRELATED = {
 }
 _EMOTION = {**_CORRELATED, "task": "emotion", "n_speakers": 8, "n_verification_speakers": 0, "n_trials": 0,
             "utterances_per_speaker": 48, "videos_per_speaker": 4}
+# Settings added to version 2 after it first wrote corpora, with the value that renders what it rendered before them:
+# a speakers.json without the key records that value (synthesize_or_reuse).
+ADDED_SETTINGS = {"expression": 0.0, "vocal_expression": 0.0}
 # Version 2 corpora by name: every setting a preset names applies unless given explicitly.
 PRESETS = {
     "correlated": _CORRELATED,  # face and voice share size/shape factors and the arousal track

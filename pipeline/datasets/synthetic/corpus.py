@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from pipeline.config import ConfigError
 from pipeline.datasets.synthetic import corpus_v2
-from pipeline.datasets.synthetic.config import GENERATOR_VERSION, SynthConfig
+from pipeline.datasets.synthetic.config import ADDED_SETTINGS, GENERATOR_VERSION, SynthConfig
 from pipeline.datasets.synthetic.face import Face, render_talking_face, sample_face
 from pipeline.datasets.synthetic.voice import Voice, channel_response, mouth_opening, sample_voice, speech
 from pipeline.datasets.synthetic.writing import trial_lines, write_mp4, write_text
@@ -76,13 +76,22 @@ def synthesize_or_reuse(root: Path, cfg: SynthConfig, who: str) -> Path:
     recorded = root / "speakers.json"  # written last: a corpus without it was interrupted and is written again
     if recorded.exists():
         made = json.loads(recorded.read_text())
-        if made.get("config") == asdict(cfg) and made.get("generator_version") == GENERATOR_VERSION:
+        if recorded_config(made) == asdict(cfg) and made.get("generator_version") == GENERATOR_VERSION:
             tqdm.write(f"{who}: reusing the corpus in {root} (same settings)")
             return root
         raise ConfigError(f"{root}: holds a corpus made with other settings (its speakers.json) than {who} asks "
                           "for; remove it, or use another work directory")
     tqdm.write(f"{who}: synthesising the corpus → {root}")
     return synthesize(root, cfg)
+
+
+def recorded_config(made: dict) -> dict:
+    """The config a speakers.json records, with the settings added since it was written at the values that rendered
+    it (None in version 1, where they do not apply)."""
+    config = dict(made.get("config") or {})
+    for name, value in ADDED_SETTINGS.items():
+        config.setdefault(name, value if config.get("corpus_version") == 2 else None)
+    return config
 
 
 def _sample_speaker(cfg: SynthConfig, index: int) -> _Speaker:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -60,13 +61,16 @@ def write_text(path: Path, lines: list[str]) -> None:
 
 
 class Spoken(Protocol):
-    """What trial_lines reads of an utterance (corpus v1's _Utterance, v2's Take)."""
+    """What trial_lines reads of an utterance (corpus v1's _Utterance, v2's Take: frozen dataclasses)."""
 
-    key: str
-    speaker: int
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def speaker(self) -> int: ...
 
 
-def trial_lines(rng: np.random.Generator, utterances: list[Spoken], n_trials: int) -> list[str]:
+def trial_lines(rng: np.random.Generator, utterances: Sequence[Spoken], n_trials: int) -> list[str]:
     """veri_test.txt lines: half same-speaker, half different-speaker pairs, no pair twice, none with itself."""
     keys = [utterance.key for utterance in utterances]
     speakers = np.array([utterance.speaker for utterance in utterances])
