@@ -26,7 +26,6 @@ import torchaudio
 from cache.store import open_store
 from pipeline.config import ConfigError
 from pipeline.features import LogSpectrogram, SpectrogramParams, from_pcm16
-from pipeline.runs import find_store
 
 STEPS = ("noise", "lowpass", "bandpass", "mulaw")
 # degraded spectrograms kept per reader (per DataLoader worker), least recently used dropped first: 256 MB holds
@@ -61,11 +60,6 @@ def parse(text: str, sample_rate: int = 16000) -> tuple[Step, ...]:
             raise ConfigError(f"--degrade: {part!r}: mulaw takes whole bits in [2, 16]")
         steps.append(Step(name, values))
     return tuple(steps)
-
-
-def waveform_store(prepared: Path) -> Path:
-    """Stage 0's waveform store of a prepared run, or an error that says how to make it."""
-    return find_store(prepared, "waveforms", "degraded audio")
 
 
 def utterance_generator(seed: int, key: str) -> np.random.Generator:

@@ -27,6 +27,7 @@ from pipeline.cells import grid
 from pipeline.datasets.synthetic import SynthConfig, synthesize_or_reuse
 from pipeline.errors import UserError
 from pipeline.evidence import spec as spec_io
+from pipeline.evidence.earlier import read_earlier
 from pipeline.evidence.report import write_report
 from stages import export_embeddings, prepare, protocol, sweep, train_teacher
 from pipeline.models.teachers import is_audio_teacher
@@ -73,7 +74,7 @@ def run(cfg: BenchmarkConfig) -> Path:
                                         f"{[study.name for study in spec.studies]}")
     check_settings(cfg, spec)  # every stage's settings, before anything trains
     if cfg.reported is not None and not cfg.worker:
-        read_results(cfg.work, spec, cfg.reported, quiet=True)  # an unreadable earlier report fails now
+        read_earlier(cfg.reported)  # an unreadable earlier report fails now, not after hours of training
     if not cfg.report_only:
         children = [] if cfg.worker else start_workers(cfg)
         threads = torch.get_num_threads()

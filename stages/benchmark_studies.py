@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline import config as config_io
 from pipeline import runs
 from pipeline.cells import collect, grid
-from pipeline.errors import UserError
-from pipeline.evidence import spec as spec_io
-from pipeline.evidence.report import Results, digest, read_rows
+from pipeline.evidence.earlier import read_earlier, take_reported
+from pipeline.evidence.report import Results
 from pipeline.evidence.spec import BenchmarkSpec, StudySpec
 from pipeline.report import mean_std
 from stages import protocol
@@ -134,10 +131,9 @@ def temperature_choice(work: Path, spec: BenchmarkSpec, study: StudySpec, device
     return max((stat[0], -t, t) for t, stat in scores.items() if stat is not None)[2]
 
 
-def read_results(work: Path, spec: BenchmarkSpec, reported: Path | None = None,
-                 quiet: bool = False) -> Results:
+def read_results(work: Path, spec: BenchmarkSpec, reported: Path | None = None) -> Results:
     """Every study's finished rows, every corpus's teacher (an emotion study's: the mean of its folds') and the
-    temperatures chosen so far; with `reported`, what take_reported fills in from that earlier report."""
+    temperatures chosen so far; with `reported`, what earlier.take_reported fills in from that earlier report."""
     temperatures = {s.name: temperature_choice(work, spec, s) for s in spec.by_role("temperature")}
     rows = {s.name: study_rows(work, spec, s, temperatures.get(s.temperature_from) if s.temperature_from else None)
             for s in spec.studies}
@@ -152,56 +148,5 @@ def read_results(work: Path, spec: BenchmarkSpec, reported: Path | None = None,
             teachers[study.corpus] = {"test": {"utterance_accuracy": sum(values) / len(values)}, "folds": len(values)}
     results = Results(spec, rows, teachers, temperatures)
     if reported is not None:
-        take_reported(results, reported, quiet)
+        take_reported(results, read_earlier(reported))
     return results
-
-
-def take_reported(results: Results, directory: Path, quiet: bool = False) -> None:
-    """Fill in the studies of which the work directory holds no finished cell from the earlier report in
-    `directory` (its benchmark.toml, results.csv and summary.json): their rows, and the teachers and temperatures
-    they rest on. A study is taken only where that report's spec defines it exactly as this one does
-    (BenchmarkSpec.definition: its settings, corpora, shared student settings and the studies it rests on), and where
-    the soft-label temperature it trained with is the one this report shows, so a changed study is trained again,
-    never silently reused. Taken studies are listed in `results.reported`; `quiet` keeps back the notes on what is
-    not taken (the benchmark checks the report once before training and reads it again after)."""
-    spec = results.spec
-    paths = {name: directory / name for name in ("benchmark.toml", "results.csv", "summary.json")}
-    for path in paths.values():
-        if not path.is_file():
-            raise UserError(f"{path}: missing; --reported takes a report directory written by `avl benchmark`")
-    try:
-        summary = runs.read_json(paths["summary.json"])
-        reported_teachers, reported_temperatures = summary.get("teachers") or {}, summary.get("temperatures") or {}
-    except (ValueError, AttributeError) as error:
-        raise UserError(f"{paths['summary.json']}: not a benchmark summary: {error}") from None
-    for name, key in (("results.csv", "results_sha256"), ("benchmark.toml", "spec_sha256")):
-        if key in summary and digest(paths[name]) != summary[key]:  # reports before the digests: taken as they are
-            raise UserError(f"{paths[name]}: not the file {paths['summary.json']} was written with (a report stopped "
-                            "halfway, or edited); rebuild that report with `avl benchmark --report-only` first")
-    earlier = spec_io.load(paths["benchmark.toml"])
-    rows = read_rows(paths["results.csv"])
-    earlier_names = {study.name for study in earlier.studies}
-
-    def skip(study: StudySpec, why: str) -> None:
-        if not quiet:
-            tqdm.write(f"benchmark: study {study.name} is not taken from {directory}: {why}")
-
-    for study in spec.studies:  # in spec order: a temperature study is decided before the studies that use its T
-        if results.rows[study.name] or study.name not in earlier_names or not rows.get(study.name):
-            continue
-        if earlier.definition(study.name) != spec.definition(study.name):
-            skip(study, "its spec there defines it otherwise")
-            continue
-        source = study.temperature_from
-        if source and reported_temperatures.get(source) != results.temperatures.get(source):
-            skip(study, f"it trained at T = {reported_temperatures.get(source)}, this report's {source} study "
-                        f"chose T = {results.temperatures.get(source)}")
-            continue
-        results.rows[study.name] = rows[study.name]
-        results.reported[study.name] = directory
-        for corpus in spec.corpora_of(study):  # its definition equal, so the same teacher
-            emotion = study.role == "emotion"  # its teachers are its folds': the work directory's may be partial
-            if (emotion or not results.teachers.get(corpus)) and reported_teachers.get(corpus) is not None:
-                results.teachers[corpus] = {"test": {"utterance_accuracy": reported_teachers[corpus]}}
-        if study.role == "temperature" and results.temperatures.get(study.name) is None:
-            results.temperatures[study.name] = reported_temperatures.get(study.name)

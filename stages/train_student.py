@@ -300,7 +300,7 @@ def run(cfg: StudentConfig) -> Path:
         cache = open_checked_cache(cache_path, classes, train, cfg.expect_teacher, target_kind, cfg.crop_seconds)
         fingerprint, embed_dim = cache.attrs["teacher_fingerprint"], int(cache.attrs["embed_dim"])
         cache.close()
-    waveforms = degrade_io.waveform_store(prepared) if cfg.degrade else None  # refused before the run is claimed
+    waveforms = find_store(prepared, "waveforms", "degraded audio") if cfg.degrade else None  # before claiming the run
     device, job, resume_from = start_training(cfg, out)
     spectrogram_path = find_store(prepared, "spectrograms")
     spectrograms = open_store(spectrogram_path)

@@ -8,13 +8,11 @@ validation accuracy, so no test number picks it.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from pathlib import Path
 
 from pipeline import runs
 from pipeline.cells import BASELINE, METRICS
-from pipeline.errors import UserError
 from pipeline.evidence.claims import claims
 from pipeline.evidence.spec import BenchmarkSpec, StudySpec
 from pipeline.evidence.stats import format_paired, paired
@@ -35,8 +33,6 @@ from pipeline.report import (
 
 CSV_COLUMNS = ["study", "condition", "cell", "method", "level", "arch", "lambda", "seed", "temperature",
                *(m[1] for m in METRICS), "val_accuracy", "train_seconds", "parameters", "teacher_fingerprint"]
-_CSV_TYPES = {"condition": str, "cell": str, "method": str, "level": str, "arch": str, "seed": int, "parameters": int,
-              "teacher_fingerprint": str}  # the rest are floats
 PLOTTED = {"main": "correlated corpus, Fig. 4 shape", "null": "null corpus: nothing shared but the label",
            "weak-teacher": "weak teacher, Fig. 6 shape", "emotion": "emotion, leave-one-speaker-out, Fig. 5 shape"}
 
@@ -205,31 +201,6 @@ def corpus_table(results: Results) -> list[str]:
                      format_stat(results.stat(study, study.methods[0], 0.0, "top1")),
                      str(len(results.values(study, study.methods[0], 0.0, "top1")))])
     return markdown_table(["corpus", "study", "teacher test accuracy (%)", "audio-only top-1 (%)", "seeds"], rows)
-
-
-def read_rows(path: Path) -> dict[str, list[dict]]:
-    """An earlier report's results.csv as study name → rows, typed as the rows it was written from."""
-    try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
-            if missing:
-                raise UserError(f"{path}: not a benchmark results table: no column {', '.join(missing)}")
-            records = list(reader)
-    except OSError as error:
-        raise UserError(f"{path}: cannot read the earlier report's results: {error}") from error
-    rows: dict[str, list[dict]] = {}
-    for line, record in enumerate(records, start=2):
-        if None in record or None in record.values():  # csv's marks of a line with more or fewer fields
-            raise UserError(f"{path}, line {line}: not {len(reader.fieldnames)} fields as the header has")
-        row = {}
-        for key in CSV_COLUMNS[1:]:
-            try:
-                row[key] = None if record[key] == "" else _CSV_TYPES.get(key, float)(record[key])
-            except ValueError:
-                raise UserError(f"{path}, line {line}: column {key} holds {record[key]!r}") from None
-        rows.setdefault(record["study"], []).append(row)
-    return rows
 
 
 def digest(path: Path) -> str:

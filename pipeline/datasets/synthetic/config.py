@@ -19,17 +19,17 @@ V1_DEFAULTS = {
 }
 V1_FIELDS = ("n_speakers", "n_verification_speakers", "utterances_per_speaker", "videos_per_speaker", "min_seconds",
              "max_seconds", "audio_noise", "video_noise", "frame_size", "sample_rate", "fps", "n_trials", "seed")
+# Settings added to version 2 after it first wrote corpora, with the value that renders what it rendered before them:
+# a speakers.json without the key records that value (synthesize_or_reuse).
+ADDED_SETTINGS = {"expression": 0.0, "vocal_expression": 0.0}
 _CORRELATED = {
     **V1_DEFAULTS, "task": "speaker", "n_speakers": 16, "utterances_per_speaker": 40, "videos_per_speaker": 8,
     "min_seconds": 3.0, "max_seconds": 6.0, "shared_strength": 0.9, "video_noise": 0.04, "occlusion": 0.3,
     "blur": 1.0, "pose_jitter": 1.5, "lighting": 0.15, "audio_noise": 0.5, "audio_nuisance": 1.0,
-    "test_share": 0.2, "val_share": 0.1, "expression": 0.0, "vocal_expression": 0.0,
+    "test_share": 0.2, "val_share": 0.1, **ADDED_SETTINGS,
 }
 _EMOTION = {**_CORRELATED, "task": "emotion", "n_speakers": 8, "n_verification_speakers": 0, "n_trials": 0,
             "utterances_per_speaker": 48, "videos_per_speaker": 4}
-# Settings added to version 2 after it first wrote corpora, with the value that renders what it rendered before them:
-# a speakers.json without the key records that value (synthesize_or_reuse).
-ADDED_SETTINGS = {"expression": 0.0, "vocal_expression": 0.0}
 # Version 2 corpora by name: every setting a preset names applies unless given explicitly.
 PRESETS = {
     "correlated": _CORRELATED,  # face and voice share size/shape factors and the arousal track

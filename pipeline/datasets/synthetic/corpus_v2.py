@@ -31,6 +31,7 @@ from pipeline.datasets.synthetic.latent import (
     latent_voice,
     mixed_track,
     sample_latent,
+    valence,
 )
 from pipeline.datasets.synthetic.voice import Voice, channel_response, independent_opening, mouth_opening, speech
 from pipeline.datasets.synthetic.writing import trial_lines, write_boxes, write_mp4, write_text
@@ -191,9 +192,8 @@ def _expressed_voice(cfg: SynthConfig, take: Take, voice: Voice, arousal: np.nda
     strength; and the syllables quicken with the utterance's arousal. The voice unchanged otherwise."""
     if not cfg.vocal_expression or take.emotion is None:
         return voice
-    valence = 1.0 if EMOTION_CLASSES[take.emotion][1] == "rising" else -1.0
     strength = cfg.vocal_expression
-    formants = tuple(rounded(f * (1.0 + 0.05 * strength * valence), 1) for f in voice.formants)
+    formants = tuple(rounded(f * (1.0 + 0.05 * strength * valence(take.emotion)), 1) for f in voice.formants)
     rate = voice.speaking_rate * (1.0 + 0.25 * strength * (float(arousal.mean()) - 0.5))
     return replace(voice, formants=formants, speaking_rate=rate)
 
@@ -206,8 +206,8 @@ def _expression(cfg: SynthConfig, take: Take, seen: np.ndarray) -> tuple[float, 
     if not cfg.expression or take.emotion is None:
         return None
     rng = np.random.default_rng([cfg.seed, 8, take.speaker, take.index])  # a stream of its own
-    valence = 1.0 if EMOTION_CLASSES[take.emotion][1] == "rising" else -1.0
-    curl = np.sqrt(cfg.shared_strength) * valence + np.sqrt(1.0 - cfg.shared_strength) * rng.uniform(-1.0, 1.0)
+    curl = (np.sqrt(cfg.shared_strength) * valence(take.emotion)
+            + np.sqrt(1.0 - cfg.shared_strength) * rng.uniform(-1.0, 1.0))
     return cfg.expression, float(np.clip(curl, -1.0, 1.0)), seen
 
 

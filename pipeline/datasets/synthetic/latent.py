@@ -35,6 +35,11 @@ _LEVELS = {"low": 0.28, "high": 0.72}
 _SLOPES = {"falling": -1.0, "rising": 1.0}
 
 
+def valence(emotion: str) -> float:
+    """+1 for a class whose arousal rises over the utterance (calm, happy), -1 for a falling one (sad, angry)."""
+    return _SLOPES[EMOTION_CLASSES[emotion][1]]
+
+
 @dataclass(frozen=True)
 class Latent:
     """A speaker's latent factors (SHARED_FACTORS order): the shared draw and what each modality renders."""
